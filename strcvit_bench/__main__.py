@@ -1,0 +1,3 @@
+from strcvit_bench.cli import main
+
+main()

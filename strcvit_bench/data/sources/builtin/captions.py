@@ -1,0 +1,40 @@
+"""Captions over the other families' visual worlds, for pre-training a base model.
+
+A LoRA method adapts a *pre-trained* model; a randomly initialised tiny base would learn
+perception and the task at once, which hides forgetting. This generator describes scenes of
+every family ("red circle, blue square", "text cat dog") without ever asking a stream
+question, so pre-training on it teaches seeing, not the benchmark's tasks.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from PIL import Image
+
+QUESTION_KINDS = ("describe",)
+_PROMPTS = ("Describe the image.", "What do you see?", "Give a short description of the picture.")
+
+
+def _families():
+    from strcvit_bench.data.sources.builtin import charts, ocr, remote_sensing, scenes
+
+    return {"scenes": scenes, "ocr": ocr, "charts": charts, "remote_sensing": remote_sensing}
+
+
+def sample(rng: random.Random) -> dict[str, Any]:
+    family = rng.choice(sorted(_families()))
+    return {"family": family, "inner": _families()[family].sample(rng)}
+
+
+def render(scene: dict[str, Any], size: int, rng: random.Random) -> Image.Image:
+    return _families()[scene["family"]].render(scene["inner"], size, rng)
+
+
+def ask(scene: dict[str, Any], rng: random.Random, kinds: tuple[str, ...] = QUESTION_KINDS) -> tuple[str, str]:
+    return rng.choice(_PROMPTS), describe(scene)
+
+
+def describe(scene: dict[str, Any]) -> str:
+    return _families()[scene["family"]].describe(scene["inner"])

@@ -1,0 +1,56 @@
+"""What a result file records about where it was produced (versions, hardware, commit)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+_PACKAGES = ("strcvit-bench", "torch", "transformers", "peft", "datasets", "pyarrow", "pillow", "accelerate")
+
+
+def library_versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
+    out: dict[str, str] = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def hardware() -> dict[str, object]:
+    info: dict[str, object] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["cuda_device"] = torch.cuda.get_device_name(0)
+            info["cuda_device_count"] = torch.cuda.device_count()
+    except ImportError:
+        pass
+    return info
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str | None:
+    """The commit of the checkout the code runs from (None outside git); '+dirty' if modified."""
+    where = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where, capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "")

@@ -1,0 +1,1 @@
+"""Scoring of predictions and continual-learning metrics of the accuracy matrix."""

@@ -1,0 +1,157 @@
+"""Per-sample scoring functions (DESIGN.md §4).
+
+Each metric is a pure function `(prediction, references) -> float in [0, 1]`, so that a
+prediction file can be re-scored offline and the same functions serve the runner, lm-eval
+and the tests. The registry `METRICS` is what stream specs name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+# --- VQA answer normalisation (the VQAv2/TextVQA evaluation rules) -------------------------
+
+_CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hes": "he's", "howd": "how'd", "howll": "how'll",
+    "hows": "how's", "im": "i'm", "ive": "i've", "isnt": "isn't", "itd": "it'd", "itll": "it'll",
+    "lets": "let's", "mightnt": "mightn't", "mustnt": "mustn't", "shant": "shan't", "shed": "she'd",
+    "shes": "she's", "shouldve": "should've", "shouldnt": "shouldn't", "thats": "that's",
+    "thered": "there'd", "theres": "there's", "theyd": "they'd", "theyll": "they'll",
+    "theyre": "they're", "theyve": "they've", "wasnt": "wasn't", "wed": "we'd", "weve": "we've",
+    "werent": "weren't", "whats": "what's", "whered": "where'd", "wheres": "where's", "whod": "who'd",
+    "wholl": "who'll", "whos": "who's", "whove": "who've", "wont": "won't", "wouldve": "would've",
+    "wouldnt": "wouldn't", "yall": "y'all", "youd": "you'd", "youll": "you'll", "youre": "you're",
+    "youve": "you've",
+}
+_NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}
+_ARTICLES = {"a", "an", "the"}
+_PUNCT = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`",
+          ",", "?", "!"]
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+
+
+def normalize_vqa_answer(text: str) -> str:
+    """Lowercase, strip punctuation, map number words to digits, drop articles, fix contractions."""
+    text = text.replace("\n", " ").replace("\t", " ").strip().lower()
+    out = text
+    for p in _PUNCT:
+        if (p + " " in text or " " + p in text) or re.search(_COMMA_STRIP, text) is not None:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    out = _PERIOD_STRIP.sub("", out)
+    words = []
+    for word in out.split():
+        word = _NUMBER_WORDS.get(word, word)
+        if word in _ARTICLES:
+            continue
+        words.append(_CONTRACTIONS.get(word, word))
+    return " ".join(words)
+
+
+def vqa_accuracy(prediction: str, references: Sequence[str]) -> float:
+    """VQAv2 accuracy: mean over leave-one-out reference subsets of min(1, matches / 3).
+
+    With a single reference this is exact match after normalisation.
+    """
+    if not references:
+        return 0.0
+    pred = normalize_vqa_answer(prediction)
+    refs = [normalize_vqa_answer(r) for r in references]
+    if len(refs) == 1:
+        return float(pred == refs[0])
+    scores = []
+    for i in range(len(refs)):
+        others = refs[:i] + refs[i + 1:]
+        scores.append(min(1.0, sum(r == pred for r in others) / 3.0))
+    return sum(scores) / len(scores)
+
+
+# --- ANLS ---------------------------------------------------------------------------------
+
+def levenshtein(a: str, b: str) -> int:
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def _anls_norm(text: str) -> str:
+    return " ".join(text.strip().lower().split())
+
+
+def anls(prediction: str, references: Sequence[str], threshold: float = 0.5) -> float:
+    """Average normalised Levenshtein similarity (max over references; below 0.5 counts 0)."""
+    pred = _anls_norm(prediction)
+    best = 0.0
+    for ref in references:
+        ref = _anls_norm(ref)
+        longest = max(len(pred), len(ref))
+        sim = 1.0 if longest == 0 else 1.0 - levenshtein(pred, ref) / longest
+        best = max(best, sim)
+    return best if best >= threshold else 0.0
+
+
+# --- relaxed accuracy (ChartQA) --------------------------------------------------------------
+
+def _to_float(text: str) -> float | None:
+    text = text.strip().replace(",", "")
+    if text.endswith("%"):
+        text = text[:-1]
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def relaxed_accuracy(prediction: str, references: Sequence[str], tolerance: float = 0.05) -> float:
+    """Numbers within `tolerance` relative error count as correct; other answers need exact match."""
+    pred_num = _to_float(prediction)
+    for ref in references:
+        ref_num = _to_float(ref)
+        if pred_num is not None and ref_num is not None:
+            if ref_num == 0.0:
+                if pred_num == 0.0:
+                    return 1.0
+            elif abs(pred_num - ref_num) / abs(ref_num) <= tolerance:
+                return 1.0
+        elif prediction.strip().lower() == ref.strip().lower():
+            return 1.0
+    return 0.0
+
+
+# --- exact match ----------------------------------------------------------------------------
+
+def exact_match(prediction: str, references: Sequence[str]) -> float:
+    """Case-insensitive, whitespace-stripped equality with any reference."""
+    pred = prediction.strip().lower()
+    return float(any(pred == r.strip().lower() for r in references))
+
+
+MetricFn = Callable[[str, Sequence[str]], float]
+
+METRICS: dict[str, MetricFn] = {
+    "vqa_accuracy": vqa_accuracy,
+    "anls": anls,
+    "relaxed_accuracy": relaxed_accuracy,
+    "exact_match": exact_match,
+}
+
+
+def get_metric(name: str) -> MetricFn:
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; allowed: {', '.join(sorted(METRICS))}") from None

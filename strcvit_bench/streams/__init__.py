@@ -1,0 +1,1 @@
+"""Streams: the spec, the schedule, the builder and the built-stream reader."""

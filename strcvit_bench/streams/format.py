@@ -1,0 +1,87 @@
+"""The on-disk contract of a built stream (DESIGN.md §2): row schema, paths, fingerprint.
+
+Everything that reads or writes a stream goes through these names so the builder, the
+runner and the publisher cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+TEST_CONFIG = "test"
+
+# datasets' feature description, stored in the parquet metadata so that `load_dataset`
+# decodes `image` as an Image and `answers` as a list of strings.
+HF_FEATURES: dict[str, Any] = {
+    "id": {"dtype": "string", "_type": "Value"},
+    "task": {"dtype": "string", "_type": "Value"},
+    "image": {"_type": "Image"},
+    "instruction": {"dtype": "string", "_type": "Value"},
+    "answer": {"dtype": "string", "_type": "Value"},
+    "answers": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "List"},
+    "chunk": {"dtype": "int64", "_type": "Value"},
+}
+
+ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("task", pa.string()),
+        pa.field("image", pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])),
+        pa.field("instruction", pa.string()),
+        pa.field("answer", pa.string()),
+        pa.field("answers", pa.list_(pa.string())),
+        pa.field("chunk", pa.int64()),
+    ],
+    metadata={"huggingface": json.dumps({"info": {"features": HF_FEATURES}})},
+)
+
+
+def chunk_config(index: int) -> str:
+    return f"chunk_{index:03d}"
+
+
+def chunk_path(index: int) -> str:
+    return f"data/{chunk_config(index)}/train-00000-of-00001.parquet"
+
+
+def test_path(task: str) -> str:
+    return f"data/test/{task}.parquet"
+
+
+class Fingerprint:
+    """sha256 over the parsed spec and the ids of all rows in order (test sets, then chunks).
+
+    Only content that is the same on every machine goes in: no paths, times or versions.
+    """
+
+    def __init__(self, spec_dump: dict[str, Any]):
+        self._h = hashlib.sha256()
+        self._h.update(json.dumps(spec_dump, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+    def add_ids(self, section: str, ids: list[str]) -> None:
+        self._h.update(f"\n#{section}\n".encode())
+        for row_id in ids:
+            self._h.update(row_id.encode("utf-8") + b"\n")
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def read_manifest(stream_dir: str | Path) -> dict[str, Any]:
+    from strcvit_bench.errors import StreamError
+
+    path = Path(stream_dir) / MANIFEST
+    if not path.is_file():
+        raise StreamError(f"{stream_dir} is not a built stream: {MANIFEST} is missing (build one with "
+                          f"`strcvit build-stream SPEC --out DIR`)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StreamError(f"{path}: unreadable manifest ({exc})") from None

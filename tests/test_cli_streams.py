@@ -1,0 +1,88 @@
+"""The stream commands through the CLI, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from strcvit_bench.cli import app
+
+from .conftest import write_spec
+from .test_builder import check_invariants
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_help_lists_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for cmd in ("build-stream", "inspect", "demo"):
+        assert cmd in result.output
+
+
+def test_build_stream_overrides_and_refuses_existing(tmp_path, tiny_spec_data):
+    tiny_spec_data["num_chunks"] = 5
+    spec = write_spec(tmp_path / "tiny.yaml", tiny_spec_data)
+    out = tmp_path / "out"
+    args = ["--quiet", "build-stream", str(spec), "--out", str(out), "--seed", "3", "--num-chunks", "3",
+            "--chunk-size", "10"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["seed"], m["num_chunks"], m["chunk_size"]) == (3, 3, 10)
+    assert m["fingerprint"] in result.output
+    check_invariants(out)
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_inspect_prints_composition_and_writes_plot(tmp_path, tiny_stream):
+    plot = tmp_path / "comp.png"
+    result = runner.invoke(app, ["inspect", str(tiny_stream), "--plot", str(plot), "--verify"])
+    assert result.exit_code == 0, result.output
+    assert "shapes" in result.output and "aerial" in result.output and "fingerprint verified" in result.output
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 2000
+
+
+def test_inspect_on_a_non_stream(tmp_path):
+    result = runner.invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 2 and "not a built stream" in result.output
+
+
+def test_shipped_specs_are_valid():
+    from strcvit_bench.streams.schedule import chunk_counts
+    from strcvit_bench.streams.spec import load_spec
+
+    specs = sorted((ROOT / "stream_specs").glob("*.yaml"))
+    assert {p.stem for p in specs} >= {"demo", "strcvit"}
+    for p in specs:
+        spec = load_spec(p)
+        counts = chunk_counts(spec)
+        assert len(counts) == spec.num_chunks and all(sum(c.values()) == spec.chunk_size for c in counts)
+
+
+def test_strcvit_spec_reproduces_the_papers_composition():
+    """DESIGN.md §7: the authors' per-chunk table, SA split evenly over its five tasks."""
+    from strcvit_bench.streams.schedule import chunk_counts
+    from strcvit_bench.streams.spec import load_spec
+
+    spec = load_spec(ROOT / "stream_specs" / "strcvit.yaml")
+    counts = chunk_counts(spec)
+    assert (spec.num_chunks, spec.chunk_size, len(spec.tasks)) == (25, 2000, 11)
+    sa = ("driving", "vqav2", "gqa", "ocrvqa", "rsvqa")
+    row = lambda t, names: sum(counts[t].get(n, 0) for n in names)  # noqa: E731
+    assert row(0, sa) == 1186 and counts[0]["chartqa"] == 210 and counts[0]["textcaps"] == 182
+    assert counts[12] == {n: 400 for n in sa}
+    assert counts[21] == {"textcaps": 2000}
+    assert all("places365" not in c for c in counts[11:])
+
+
+def test_demo_builds_the_demo_stream(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    check_invariants(tmp_path / "demo" / "stream")
+    assert (tmp_path / "demo" / "composition.png").is_file()
