@@ -1,0 +1,1 @@
+"""Baseline methods, one module each: LoRA (lower bound), replay, EWC."""

@@ -73,6 +73,16 @@ def _main(quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only re
     _state["quiet"] = quiet
 
 
+def _quiet_transformers() -> None:
+    """Our progress bars replace transformers' per-file ones."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 @app.command("build-stream")
 @handles_errors
 def build_stream_cmd(
@@ -157,6 +167,136 @@ def demo_cmd(
                             title="demo: chunk composition")
     say(f"demo stream: {stream_dir} (fingerprint {manifest['fingerprint'][:12]}…)")
     say(f"composition plot: {plot}")
+
+
+@app.command("methods")
+@handles_errors
+def methods_cmd() -> None:
+    """List the continual-learning methods with their options."""
+    from strcvit_bench.methods.registry import methods
+
+    for name, cls in methods().items():
+        console.print(f"[bold]{name}[/] — {cls.description}")
+        for field, info in cls.Options.model_fields.items():
+            default = info.default if info.default is not None else "auto"
+            desc = f"  {info.description}" if info.description else ""
+            console.print(f"    --opt {field}={default}{desc}", highlight=False)
+
+
+@app.command("run")
+@handles_errors
+def run_cmd(
+    stream: Path = typer.Option(..., "--stream", "-s", help="A built stream directory."),
+    method: str = typer.Option("lora", "--method", "-m", help="Method name (`strcvit methods` lists them)."),
+    model: str = typer.Option("tiny", "--model", help="`tiny` (embedded default) or a HF model path / Hub id."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<stream>-<method>-s<seed>)."),
+    seed: int = typer.Option(0, "--seed"),
+    epochs_per_chunk: int = typer.Option(1, "--epochs-per-chunk", min=1),
+    lr: float = typer.Option(None, "--lr", help="First-chunk learning rate (default 3e-3 tiny, 1e-4 HF)."),
+    lr_later: float = typer.Option(None, "--lr-later",
+                                   help="Later chunks' constant learning rate (default lr/4 tiny, lr/5 HF)."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Training batch (default 8 tiny, 16 HF)."),
+    eval_batch_size: int = typer.Option(64, "--eval-batch-size", min=1),
+    eval_limit: int = typer.Option(None, "--eval-limit", min=1, help="Score at most N test rows per task."),
+    max_chunks: int = typer.Option(None, "--max-chunks", min=1, help="Stop after N chunks (resumable)."),
+    opt: list[str] = typer.Option([], "--opt", "-O", help="Method option key=value (repeatable)."),
+    target_modules: str = typer.Option(None, "--target-modules", help="Regex of linear layers to adapt."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    pretrain_samples: int = typer.Option(None, "--pretrain-samples", min=0,
+                                         help="Tiny model: captions seen when pre-training the base."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished chunk."),
+    no_task_select: bool = typer.Option(False, "--no-task-select", help="StrLoRA ablation: no stage-1 selection."),
+    no_token_weights: bool = typer.Option(False, "--no-token-weights", help="StrLoRA ablation: no token weighting."),
+    no_stability: bool = typer.Option(False, "--no-stability", help="StrLoRA ablation: no routing-stability KL."),
+) -> None:
+    """Train a model on a stream chunk by chunk with a method; score every task after every chunk."""
+    from strcvit_bench.methods.registry import get_method, parse_options
+    from strcvit_bench.training.config import RunConfig
+    from strcvit_bench.training.runner import run
+
+    ablations = [f"{k}=false" for k, on in (("task_select", no_task_select), ("token_weights", no_token_weights),
+                                             ("stability", no_stability)) if on]
+    if ablations and method != "strlora":
+        raise StrcvitError("--no-task-select/--no-token-weights/--no-stability are StrLoRA ablations; "
+                           f"method {method!r} has no such stages")
+    options = parse_options(get_method(method), [*opt, *ablations])
+    _quiet_transformers()
+    values: dict[str, Any] = {
+        "stream": str(stream), "method": method, "method_options": options.model_dump(exclude_unset=True),
+        "model": model, "seed": seed, "epochs_per_chunk": epochs_per_chunk, "batch_size": batch_size,
+        "eval_batch_size": eval_batch_size, "eval_limit": eval_limit, "max_chunks": max_chunks, "device": device,
+        "pretrain_samples": pretrain_samples,
+        "out": str(out or Path("runs") / f"{stream.name}-{method}-s{seed}"),
+    }
+    if lr is not None:
+        values["lr"] = lr
+    if lr_later is not None:
+        values["lr_later"] = lr_later
+    if target_modules is not None:
+        values["target_modules"] = target_modules
+    config = RunConfig.model_validate(values)
+    with progress_bar(f"{method} on {stream.name}") as update:
+        results = run(config, resume=resume, progress=update)
+    _print_matrix(results)
+    say(f"results: {Path(config.out) / 'results.json'}")
+
+
+@app.command("inspect-run")
+@handles_errors
+def inspect_run_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory (strcvit run --out)."),
+    chunk: int = typer.Option(None, "--chunk", help="Routing after this chunk (default: the last)."),
+    plot: Path = typer.Option(None, "--plot", help="Where to write the routing PNG (default RUN_DIR/routing.png)."),
+) -> None:
+    """Show a run's accuracy matrix and, for expert methods, expert activation by task (PNG)."""
+    import json
+
+    from strcvit_bench.reports.routing import last_point, plot_routing
+
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise StrcvitError(f"{run_dir} holds no results.json; pass the --out directory of `strcvit run`")
+    results = json.loads(path.read_text())
+    _print_matrix(results)
+    routing_path = run_dir / "routing.json"
+    if not routing_path.is_file():
+        say(f"{results['method']} has no expert routing to show")
+        return
+    routing = json.loads(routing_path.read_text())
+    point = last_point(routing) if chunk is None else f"chunk_{chunk:03d}"
+    if point not in routing["points"]:
+        raise StrcvitError(f"no routing recorded for {point}; recorded: {', '.join(routing['points'])}")
+    table = Table(title=f"expert activation by task ({point})")
+    table.add_column("task")
+    per_task = routing["points"][point]
+    experts = len(next(iter(per_task.values()))["mean_weight"])
+    for e in range(experts):
+        table.add_column(f"e{e}", justify="right")
+    for task, v in per_task.items():
+        table.add_row(task, *[f"{x:.2f}" for x in v["mean_weight"]])
+        if "selection_frequency" in v:
+            table.add_row(f"  {task} (stage 1)", *[f"{x:.2f}" for x in v["selection_frequency"]])
+    console.print(table)
+    target = plot or run_dir / "routing.png"
+    plot_routing(routing, target, point, title=f"{results['method']} on {results['stream']['name']}: "
+                                               f"expert activation by task ({point})")
+    say(f"routing plot: {target}")
+
+
+def _print_matrix(results: dict[str, Any]) -> None:
+    names = [t["name"] for t in results["tasks"]]
+    table = Table(title=f"{results['method']} on {results['stream']['name']} (seed {results['seed']}): "
+                        f"accuracy after each chunk")
+    table.add_column("after", justify="right")
+    for n in names:
+        table.add_column(n, justify="right")
+    table.add_row("base", *[f"{v:.1f}" for v in results["base_scores"]])
+    for t, row in enumerate(results["accuracy_matrix"]):
+        table.add_row(str(t), *["·" if v is None else f"{v:.1f}" for v in row])
+    console.print(table)
+    m = results["metrics"]
+    if m:
+        console.print("  ".join(f"{k} {v:.2f}" for k, v in m.items() if v is not None), highlight=False)
 
 
 def main() -> None:

@@ -1,9 +1,10 @@
-"""Captions over the other families' visual worlds, for pre-training a base model.
+"""Captions and generic questions over the other families' visual worlds, for pre-training.
 
 A LoRA method adapts a *pre-trained* model; a randomly initialised tiny base would learn
 perception and the task at once, which hides forgetting. This generator describes scenes of
-every family ("red circle, blue square", "text cat dog") without ever asking a stream
-question, so pre-training on it teaches seeing, not the benchmark's tasks.
+every family ("red circle, blue square", "text cat dog") and asks generic questions that no
+stream task asks (what kind of image it is, what the description of one part is), so
+pre-training on it teaches seeing and answering, not the benchmark's tasks.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 
 from PIL import Image
 
-QUESTION_KINDS = ("describe",)
+QUESTION_KINDS = ("describe", "kind")
 _PROMPTS = ("Describe the image.", "What do you see?", "Give a short description of the picture.")
+_KIND_PROMPTS = ("What kind of image is this?", "What type of picture is this?")
+_KIND = {"scenes": "shapes", "ocr": "text", "charts": "chart", "remote_sensing": "aerial"}
 
 
 def _families():
@@ -33,6 +36,8 @@ def render(scene: dict[str, Any], size: int, rng: random.Random) -> Image.Image:
 
 
 def ask(scene: dict[str, Any], rng: random.Random, kinds: tuple[str, ...] = QUESTION_KINDS) -> tuple[str, str]:
+    if "kind" in kinds and (rng.random() < 0.2 or "describe" not in kinds):
+        return rng.choice(_KIND_PROMPTS), _KIND[scene["family"]]
     return rng.choice(_PROMPTS), describe(scene)
 
 

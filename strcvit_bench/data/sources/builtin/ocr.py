@@ -10,11 +10,8 @@ from PIL import Image, ImageDraw
 from strcvit_bench.data.sources.builtin.render import font, jitter, scale
 
 WORDS = (
-    "cat", "dog", "sun", "map", "box", "key", "red", "sky", "car", "bus", "cup", "pen", "hat", "egg",
-    "ice", "oak", "fig", "jam", "owl", "ant", "bee", "cow", "fox", "pig", "rat", "yak", "zip", "arm",
-    "leg", "eye", "ear", "toe", "lip", "art", "axe", "bag", "bed", "bow", "can", "fan", "gem", "gum",
-    "hut", "ink", "jet", "kit", "log", "mat", "net", "oil", "pot", "rug", "saw", "tea", "van", "web",
-    "tree", "fish", "bird", "star", "moon", "rain", "snow", "wind", "lake", "road", "door", "book",
+    "cat", "dog", "sun", "map", "box", "key", "red", "sky", "car", "bus", "cup", "pen",
+    "hat", "egg", "fox", "owl", "tree", "fish", "bird", "star", "moon", "rain", "lake", "book",
 )
 QUESTION_KINDS = ("read_all", "first_word", "second_word", "read_number")
 _COLORS = ((20, 20, 20), (240, 240, 240), (200, 30, 30), (30, 60, 200), (20, 130, 40), (120, 40, 150))
@@ -22,9 +19,9 @@ _COLORS = ((20, 20, 20), (240, 240, 240), (200, 30, 30), (30, 60, 200), (20, 130
 
 def sample(rng: random.Random) -> dict[str, Any]:
     if rng.random() < 0.25:
-        tokens = [str(rng.randint(0, 999))]
+        tokens = [str(rng.randint(0, 30))]
     else:
-        tokens = rng.sample(WORDS, rng.choice((1, 2, 2)))
+        tokens = rng.sample(WORDS, rng.choice((1, 1, 1, 2)))
     fg = rng.choice(_COLORS)
     bg = rng.choice([c for c in _COLORS if sum(abs(a - b) for a, b in zip(c, fg, strict=True)) > 250])
     return {
@@ -32,7 +29,7 @@ def sample(rng: random.Random) -> dict[str, Any]:
         "fg": fg,
         "bg": bg,
         "font": rng.choice(("vector", "vector", "bitmap")),
-        "font_size": rng.uniform(11.0, 15.0),
+        "font_size": rng.uniform(15.0, 19.0),
         "bold": rng.random() < 0.3,
         "dx": rng.uniform(-3, 3),
         "dy": rng.uniform(-3, 3),

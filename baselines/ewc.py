@@ -1,0 +1,115 @@
+"""Online EWC (Schwarz et al. 2018) over the trainable (adapter + projector) parameters.
+
+After each chunk: the diagonal empirical Fisher F = E[(∂ log p(y|x) / ∂θ)²], estimated from
+per-sample gradients (batch size 1, so the square is of one sample's gradient, not of a batch
+mean) of the answer's log-likelihood on a sample of the chunk; F_acc ← γ F_acc + F; θ* = the
+parameters after the chunk. Training on later chunks adds (λ/2) Σ F_acc (θ − θ*)².
+
+`variant=authors` reproduces the StrCVIT authors' EWC instead (DESIGN.md §3a): Fisher
+initialised to ones and reset at every chunk, updated after every step with F += g²/step,
+anchor θ* = the weights at the chunk's start, penalty ½ λ Σ F (θ − θ*)² from the first chunk on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from strcvit_bench.methods.base import Method, MethodOptions, Rows
+from strcvit_bench.seeding import derive_rng
+
+
+def ewc_penalty(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor],
+                fisher: dict[str, torch.Tensor], lam: float) -> torch.Tensor:
+    """(λ/2) Σ_i F_i (θ_i − θ*_i)²."""
+    total = torch.zeros(())
+    for name, p in params.items():
+        total = total + (fisher[name] * (p - anchor[name]) ** 2).sum()
+    return 0.5 * lam * total
+
+
+def online_fisher(accumulated: dict[str, torch.Tensor] | None, new: dict[str, torch.Tensor],
+                  gamma: float) -> dict[str, torch.Tensor]:
+    """F_acc ← γ F_acc + F."""
+    if accumulated is None:
+        return {k: v.clone() for k, v in new.items()}
+    return {k: gamma * accumulated[k] + new[k] for k in new}
+
+
+class EWCOptions(MethodOptions):
+    lam: float = Field(1000.0, ge=0, description="penalty strength λ")
+    gamma: float = Field(0.9, ge=0, le=1, description="online decay γ of the accumulated Fisher")
+    fisher_samples: int = Field(128, ge=1, description="chunk samples used to estimate the Fisher")
+    variant: Literal["online", "authors"] = Field("online", description="textbook online EWC or the authors' variant")
+
+
+class EWC(Method):
+    name = "ewc"
+    description = "LoRA + online EWC: diagonal-Fisher penalty anchoring parameters to earlier chunks"
+    Options = EWCOptions
+
+    def __init__(self, options: EWCOptions, ctx):
+        super().__init__(options, ctx)
+        self.fisher: dict[str, torch.Tensor] | None = None
+        self.anchor: dict[str, torch.Tensor] | None = None
+        self.steps = 0
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.params.items()}
+
+    def before_chunk(self, index: int, rows: Rows) -> None:
+        if self.options.variant == "authors":
+            self.fisher = {n: torch.ones_like(p) for n, p in self.params.items()}
+            self.anchor = self._snapshot()
+            self.steps = 0
+
+    def loss(self, task_loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.fisher is None or self.anchor is None or self.options.lam == 0:
+            return task_loss
+        return task_loss + ewc_penalty(self.params, self.anchor, self.fisher, self.options.lam)
+
+    def after_step(self) -> None:
+        if self.options.variant != "authors" or self.fisher is None:
+            return
+        self.steps += 1
+        for n, p in self.params.items():
+            if p.grad is not None:
+                self.fisher[n] += p.grad.detach() ** 2 / self.steps
+
+    def estimate_fisher(self, index: int, rows: Rows) -> dict[str, torch.Tensor]:
+        rng = derive_rng(self.ctx.seed, "ewc-fisher", index)
+        sample = rng.sample(rows, min(self.options.fisher_samples, len(rows)))
+        fisher = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        was_training = self.model.training
+        self.model.eval()  # no dropout: the Fisher of the model as deployed
+        for row in sample:
+            self.model.zero_grad(set_to_none=True)
+            self.ctx.batch_loss([row], sum_over_tokens=True).backward()  # -log p(y|x) of the answer
+            for n, p in self.params.items():
+                if p.grad is not None:
+                    fisher[n] += p.grad.detach() ** 2
+        self.model.zero_grad(set_to_none=True)
+        self.model.train(was_training)
+        return {n: f / len(sample) for n, f in fisher.items()}
+
+    def after_chunk(self, index: int, rows: Rows) -> None:
+        if self.options.variant == "authors":
+            return
+        self.fisher = online_fisher(self.fisher, self.estimate_fisher(index, rows), self.options.gamma)
+        self.anchor = self._snapshot()
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {}
+        for n, f in (self.fisher or {}).items():
+            tensors[f"fisher.{n}"] = f
+        for n, a in (self.anchor or {}).items():
+            tensors[f"anchor.{n}"] = a
+        return tensors, {"steps": self.steps, "has_fisher": self.fisher is not None}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.steps = meta["steps"]
+        if meta["has_fisher"]:
+            self.fisher = {k[len("fisher."):]: v for k, v in tensors.items() if k.startswith("fisher.")}
+            self.anchor = {k[len("anchor."):]: v for k, v in tensors.items() if k.startswith("anchor.")}

@@ -1,0 +1,129 @@
+"""SMoLoRA (Wang et al., ICCV 2025): separable routing for continual visual instruction tuning.
+
+Two expert groups per target layer. Visual-understanding (VU) experts are routed by the
+visual content of the sequence — a linear gate on the mean of the layer's input tokens, hard
+argmax. Instruction-following (IF) experts are routed by the instruction — a linear gate on
+its 384-d all-MiniLM-L6-v2 embedding, hard argmax. The two selected experts' outputs are mixed
+per token by softmax([fc_A(vu_out), fc_B(if_out)]). A ~ N(0, 0.01), B = 0, as released.
+
+As in the released code the gates pass no gradient (a hard argmax), so they stay the random
+projections they start as; the experts and the fc mixing heads learn. Where we differ, on
+purpose: the released IF gate reads the embedding of the *task's* instruction template, picked
+by task id; streams hide task ids, so each sample's own instruction is embedded instead. The
+VU mean is over real tokens (the release also averages padding), and during generation the VU
+choice made on the prompt is kept for the decoded tokens (the release re-routes on each single
+new token). `if_encoder=llm_embeddings` swaps MiniLM for the LLM's own input embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from strcvit_bench.adapters import inject
+from strcvit_bench.adapters.experts import ExpertLoRA
+from strcvit_bench.methods.base import Rows
+from strcvit_bench.methods.experts import ExpertMethod, ExpertOptions
+
+
+def hard_argmax(logits: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(logits).scatter(-1, logits.argmax(-1, keepdim=True), 1.0)
+
+
+class SMoLoRALinear(ExpertLoRA):
+    def __init__(self, base: nn.Linear, experts: int, rank_per_expert: int, alpha: float, dropout: float,
+                 if_dim: int):
+        super().__init__(base, experts, rank_per_expert, alpha, dropout, init_std=0.01)
+        half = experts // 2
+        like = {"dtype": base.weight.dtype, "device": base.weight.device}
+        self.router_vu = nn.Parameter(torch.empty(half, base.in_features, **like))
+        self.router_if = nn.Parameter(torch.empty(half, if_dim, **like))
+        self.lora_fc_A = nn.Parameter(torch.empty(1, base.out_features, **like))
+        self.lora_fc_B = nn.Parameter(torch.empty(1, base.out_features, **like))
+        for p in (self.router_vu, self.router_if, self.lora_fc_A, self.lora_fc_B):
+            nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+        self.if_embedding: torch.Tensor | None = None
+        self.token_mask: torch.Tensor | None = None
+        self._vu_choice: torch.Tensor | None = None
+
+    def vu_choice(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1 and self._vu_choice is not None and self._vu_choice.shape[0] == x.shape[0]:
+            return self._vu_choice  # a decoding step: keep the prompt's routing
+        mask = self.token_mask
+        if mask is not None and mask.shape == x.shape[:2]:
+            m = mask.unsqueeze(-1).to(x.dtype)
+            pooled = (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+        else:
+            pooled = x.mean(1)
+        self._vu_choice = hard_argmax(pooled @ self.router_vu.t())
+        return self._vu_choice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.if_embedding is not None, "SMoLoRA needs before_forward to set the instruction embedding"
+        vu = self.vu_choice(x)                                        # (B, half) one-hot
+        ins = hard_argmax(self.if_embedding.to(x.dtype) @ self.router_if.t())  # (B, half) one-hot
+        zeros = torch.zeros_like(vu)
+        h = self.dropout(x) @ self.lora_A.t()
+        h = h.unflatten(-1, (self.experts, self.rank_per_expert))
+        w_vu = torch.cat([vu, zeros], -1)[:, None, :, None]
+        w_if = torch.cat([zeros, ins], -1)[:, None, :, None]
+        vu_out = ((h * w_vu).flatten(-2) @ self.lora_B.t()) * self.scale
+        if_out = ((h * w_if).flatten(-2) @ self.lora_B.t()) * self.scale
+        scores = torch.cat([vu_out @ self.lora_fc_A.t(), if_out @ self.lora_fc_B.t()], -1)
+        mix = torch.softmax(scores.float(), dim=-1).to(x.dtype)      # (B, L, 2)
+        if self.recording:
+            eff = mix[..., :1] * torch.cat([vu, zeros], -1)[:, None] + mix[..., 1:] * torch.cat([zeros, ins], -1)[:, None]
+            mask = self.token_mask if self.token_mask is not None and self.token_mask.shape == x.shape[:2] else None
+            self.record_tokens(eff, mask)
+            if x.shape[1] > 1:
+                self.record_selection(torch.cat([vu, ins], -1))
+        return self.base(x) + mix[..., :1] * vu_out + mix[..., 1:] * if_out
+
+
+class SMoLoRAOptions(ExpertOptions):
+    if_encoder: Literal["minilm", "llm_embeddings"] = Field(
+        "minilm", description="instruction embedding for the IF router (the paper's all-MiniLM-L6-v2, or the LLM's)")
+
+    @field_validator("experts")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v < 2 or v % 2:
+            raise ValueError("SMoLoRA needs an even number of experts (half VU, half IF)")
+        return v
+
+
+class SMoLoRA(ExpertMethod):
+    name = "smolora"
+    description = "separable MoLoRA: VU experts routed by visual content, IF experts by the instruction (SMoLoRA)"
+    Options = SMoLoRAOptions
+
+    def attach(self) -> None:
+        o = self.options
+        if o.if_encoder == "minilm":
+            from strcvit_bench.models.sentence import MiniLM, minilm
+
+            self.encoder = minilm()
+            if_dim = MiniLM.dim
+        else:
+            self.encoder = None
+            if_dim = self.ctx.bundle.input_embeddings().weight.shape[1]
+        inject(self.model, self.ctx.bundle.target_modules,
+               lambda name, layer: SMoLoRALinear(layer, o.experts, o.per_expert, o.alpha, o.dropout, if_dim))
+
+    def before_forward(self, batch: dict[str, torch.Tensor], rows: Rows) -> None:
+        if self.encoder is not None:
+            emb = self.encoder.encode([r["instruction"] for r in rows])
+        else:
+            emb = self.instruction_embedding(self.ctx.bundle, batch)
+        device = batch["input_ids"].device
+        for layer in self.expert_layers():
+            layer.if_embedding = emb.to(device)
+            layer.token_mask = batch.get("attention_mask")
+            layer._vu_choice = None
+
+    def info(self) -> dict[str, Any]:
+        return {"if_encoder": self.options.if_encoder}

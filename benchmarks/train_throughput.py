@@ -1,0 +1,140 @@
+"""Training throughput per method on the tiny model, and our LoRA layer against peft's.
+
+1. For each method: train one demo-sized chunk (300 rows of the demo stream's chunk 2, three
+   task families) from the same pre-trained tiny base; samples/s and step time relative to
+   `lora`, peak RSS of the process.
+2. Our `LoRALinear` against peft's LoRA on the same tiny model, same target layers, rank, batch
+   and optimiser: median step time over repeated steps, interleaved so both see the same
+   machine state.
+
+    python benchmarks/train_throughput.py [--stream DIR] [--json out.json]
+
+Needs a built demo stream (default runs/demo/stream; `strcvit demo` or
+`strcvit build-stream stream_specs/demo.yaml --out runs/demo/stream`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from strcvit_bench.methods import MethodContext  # noqa: E402
+from strcvit_bench.methods.registry import get_method, methods, parse_options  # noqa: E402
+from strcvit_bench.models.base import model_inputs  # noqa: E402
+from strcvit_bench.models.tiny import load_tiny  # noqa: E402
+from strcvit_bench.streams.stream import open_stream  # noqa: E402
+from strcvit_bench.training.config import RunConfig  # noqa: E402
+from strcvit_bench.training.rows import RowStore  # noqa: E402
+from strcvit_bench.training.runner import stream_texts  # noqa: E402
+from strcvit_bench.training.trainer import batch_loss, train_chunk  # noqa: E402
+
+
+def fresh_bundle(stream):
+    return load_tiny(stream_texts(stream))
+
+
+def method_throughput(stream, names: list[str], chunk: int, batch_size: int) -> list[dict]:
+    store = RowStore(stream, hide_task=True)
+    store.remember(chunk)
+    rows = store.chunk(chunk)
+    out = []
+    for name in names:
+        bundle = fresh_bundle(stream)
+        ctx = MethodContext(bundle=bundle, seed=0, num_chunks=stream.num_chunks,
+                            chunk_size=int(stream.manifest["chunk_size"]), task_ids_visible=False,
+                            lookup_rows=store.lookup, batch_loss=lambda *a, **k: None)
+        cls = get_method(name)
+        method = cls(parse_options(cls, {}), ctx)
+        ctx.batch_loss = functools.partial(batch_loss, bundle, method)
+        params = method.setup()
+        if name == "replay":  # a warm buffer, as mid-stream
+            for r in store.chunk(0)[: method.reservoir.capacity]:
+                method.reservoir.add(r["id"], __import__("random").Random(0))
+        if name == "ewc":  # a penalty in force, as from the second chunk on
+            method.after_chunk(0, store.chunk(0))
+        cfg = RunConfig(stream=str(stream.path), method=name, batch_size=batch_size)
+        stats = train_chunk(bundle, method, params, 1, rows, cfg)
+        out.append({"method": name, "samples_per_s": stats["train_samples_per_s"],
+                    "step_s": stats["train_seconds"] / stats["steps"],
+                    "trainable_params": sum(p.numel() for p in params.values()),
+                    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    base = next(r["step_s"] for r in out if r["method"] == "lora")
+    for r in out:
+        r["step_vs_lora"] = r["step_s"] / base
+    return out
+
+
+def ours_vs_peft(stream, batch_size: int, steps: int = 30) -> dict:
+    import re
+
+    from peft import LoraConfig, get_peft_model
+
+    from strcvit_bench.adapters import LoRALinear, inject
+
+    rows = RowStore(stream, hide_task=True).chunk(1)[:batch_size]
+    models = {}
+    b_ours = fresh_bundle(stream)
+    inject(b_ours.model, b_ours.target_modules, lambda n, layer: LoRALinear(layer, r=8, alpha=16, dropout=0.0))
+    for n, p in b_ours.model.named_parameters():
+        p.requires_grad_("lora_" in n)
+    models["ours"] = b_ours.model
+    b_peft = fresh_bundle(stream)
+    names = [n for n, m in b_peft.model.named_modules()
+             if isinstance(m, torch.nn.Linear) and re.fullmatch(b_peft.target_modules, n)]
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=names)
+    models["peft"] = get_peft_model(b_peft.model, config)
+    batch = model_inputs(b_ours.encoder.train_batch(rows))
+    opts = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3) for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for m in models.values():
+        m.train()
+    for step in range(steps + 3):
+        for k, m in models.items():
+            t = time.perf_counter()
+            m(**batch).loss.backward()
+            opts[k].step()
+            opts[k].zero_grad(set_to_none=True)
+            if step >= 3:  # warm-up steps excluded
+                times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"ours_step_ms": 1000 * med["ours"], "peft_step_ms": 1000 * med["peft"], "ratio": med["ours"] / med["peft"],
+            "trainable_ours": sum(p.numel() for p in models["ours"].parameters() if p.requires_grad),
+            "trainable_peft": sum(p.numel() for p in models["peft"].parameters() if p.requires_grad)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stream", type=Path, default=ROOT / "runs" / "demo" / "stream")
+    ap.add_argument("--methods", default=",".join(methods()))
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    stream = open_stream(args.stream)
+    rows = method_throughput(stream, args.methods.split(","), 2, args.batch_size)
+    print(f"training one chunk of {stream.name} (300 rows, batch {args.batch_size}), {torch.get_num_threads()} threads")
+    print(f"{'method':<10}{'samples/s':>11}{'step ms':>9}{'vs lora':>9}{'trainable':>11}{'peak RSS MiB':>14}")
+    for r in rows:
+        print(f"{r['method']:<10}{r['samples_per_s']:>11.1f}{1000 * r['step_s']:>9.1f}{r['step_vs_lora']:>9.2f}"
+              f"{r['trainable_params']:>11,}{r['peak_rss_mib']:>14.0f}")
+    cmp = ours_vs_peft(stream, args.batch_size)
+    print(f"\nLoRA layer, same model/batch/rank (median step): ours {cmp['ours_step_ms']:.1f} ms, "
+          f"peft {cmp['peft_step_ms']:.1f} ms, ratio {cmp['ratio']:.3f} "
+          f"(trainable {cmp['trainable_ours']:,} vs {cmp['trainable_peft']:,})")
+    if args.json:
+        args.json.write_text(json.dumps({"methods": rows, "lora_vs_peft": cmp}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

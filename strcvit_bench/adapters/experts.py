@@ -1,0 +1,87 @@
+"""A bank of E LoRA experts on one frozen linear layer, mixed by per-token weights.
+
+y = W0 x + (α/r) Σ_e w_e · B_e A_e drop(x), with r the total rank (E × rank per expert), so
+a mixture with E experts of rank r/E has the same parameter budget and the same scale as
+one LoRA of rank r. All experts run as two matmuls (A stacked, B concatenated): weighting
+the stacked rank dimension by w before B is exactly Σ_e w_e B_e A_e x, at LoRA's cost.
+
+Routing statistics (mean weight and selection count per expert) accumulate while
+`recording` is on, for the runner's routing analysis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class ExpertLoRA(nn.Module):
+    def __init__(self, base: nn.Linear, experts: int, rank_per_expert: int, alpha: float, dropout: float,
+                 init_std: float | None = None):
+        super().__init__()
+        self.base = base
+        self.experts = experts
+        self.rank_per_expert = rank_per_expert
+        self.scale = alpha / (experts * rank_per_expert)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        like = {"dtype": base.weight.dtype, "device": base.weight.device}
+        self.lora_A = nn.Parameter(torch.empty(experts * rank_per_expert, base.in_features, **like))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, experts * rank_per_expert, **like))
+        if init_std is None:
+            for e in range(experts):  # each expert initialised like a LoRA A of its own
+                nn.init.kaiming_uniform_(self.lora_A.data[e * rank_per_expert:(e + 1) * rank_per_expert], a=math.sqrt(5))
+        else:
+            nn.init.normal_(self.lora_A, std=init_std)
+        self.recording = False
+        self.reset_stats()
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def expert_delta(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(α/r) Σ_e w_e B_e A_e drop(x); `weights` broadcasts to x's leading shape + (E,)."""
+        h = self.dropout(x) @ self.lora_A.t()
+        h = (h.unflatten(-1, (self.experts, self.rank_per_expert)) * weights.unsqueeze(-1)).flatten(-2)
+        return (h @ self.lora_B.t()) * self.scale
+
+    def expert_outputs(self, x: torch.Tensor, idx: list[int]) -> list[torch.Tensor]:
+        """Unweighted (α/r) B_e A_e drop(x) for the experts in `idx` (for methods that mix outputs)."""
+        h = self.dropout(x) @ self.lora_A.t()
+        h = h.unflatten(-1, (self.experts, self.rank_per_expert))
+        blocks = self.lora_B.unflatten(1, (self.experts, self.rank_per_expert))
+        return [(h[..., e, :] @ blocks[:, e, :].t()) * self.scale for e in idx]
+
+    # --- routing statistics ---------------------------------------------------------------
+
+    def reset_stats(self) -> None:
+        self.stat_weight = torch.zeros(self.experts, dtype=torch.float64)
+        self.stat_tokens = 0
+        self.stat_select = torch.zeros(self.experts, dtype=torch.float64)
+        self.stat_samples = 0
+
+    def record_tokens(self, weights: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Accumulate per-token expert weights (..., E); `mask` (...) marks real tokens."""
+        if not self.recording:
+            return
+        w = weights.detach().to(torch.float64).reshape(-1, self.experts)
+        if mask is not None:
+            w = w[mask.reshape(-1).bool()]
+        self.stat_weight += w.sum(0).cpu()
+        self.stat_tokens += w.shape[0]
+
+    def record_selection(self, selected: torch.Tensor) -> None:
+        """Accumulate per-sample expert selections (B, E) of 0/1."""
+        if not self.recording:
+            return
+        self.stat_select += selected.detach().to(torch.float64).sum(0).cpu()
+        self.stat_samples += selected.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - subclasses route
+        raise NotImplementedError

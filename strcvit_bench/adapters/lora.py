@@ -1,0 +1,37 @@
+"""LoRA (Hu et al. 2021): y = W0 x + (α/r) · B A drop(x), W0 frozen, B initialised to zero.
+
+Our own small layer rather than peft's, because the expert methods (MoELoRA, SMoLoRA,
+StrLoRA) subclass the same structure; `benchmarks/train_throughput.py` checks it is as fast
+as peft's LoRA on the same model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0, dropout: float = 0.05):
+        super().__init__()
+        self.base = base
+        self.r = r
+        self.scale = alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        like = {"dtype": base.weight.dtype, "device": base.weight.device}
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **like))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **like))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's default for A
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scale

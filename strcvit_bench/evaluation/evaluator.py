@@ -1,0 +1,46 @@
+"""Scoring a model on every task's test set with greedy, batched generation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from strcvit_bench.evaluation.scoring import get_metric
+from strcvit_bench.models.base import ModelBundle, model_inputs
+
+Rows = list[dict[str, Any]]
+
+
+@torch.no_grad()
+def generate_answers(bundle: ModelBundle, rows: Rows, batch_size: int,
+                     before_forward: Callable[[dict[str, torch.Tensor], Rows], None] | None = None) -> list[str]:
+    """Greedy decoding with left-padded prompts and the KV cache (transformers' generate)."""
+    model, enc = bundle.model, bundle.encoder
+    was_training = model.training
+    model.eval()
+    answers: list[str] = []
+    device = next(model.parameters()).device
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i: i + batch_size]
+        batch = {k: v.to(device) for k, v in enc.prompt_batch(chunk).items()}
+        if before_forward is not None:
+            before_forward(batch, [{k: v for k, v in r.items() if k != "task"} for r in chunk])
+        inputs = model_inputs(batch)
+        out = model.generate(**inputs, max_new_tokens=bundle.max_new_tokens, do_sample=False,
+                             pad_token_id=enc.pad_token_id, eos_token_id=enc.eos_token_id)
+        answers.extend(enc.decode(out[:, inputs["input_ids"].shape[1]:]))
+    model.train(was_training)
+    return answers
+
+
+def score_task(metric: str, rows: Rows, predictions: list[str]) -> tuple[float, list[dict[str, Any]]]:
+    """Mean score in percent, and one record per row (id, prediction, references, score)."""
+    fn = get_metric(metric)
+    records = []
+    for row, pred in zip(rows, predictions, strict=True):
+        records.append({"id": row["id"], "prediction": pred, "references": list(row["answers"]),
+                        "score": fn(pred, row["answers"])})
+    mean = 100.0 * sum(r["score"] for r in records) / len(records) if records else float("nan")
+    return mean, records

@@ -1,0 +1,143 @@
+"""The method plugin API.
+
+A method is one small class: options (a pydantic model, so `--opt key=value` is validated and
+listed by `strcvit methods`), how it adapts the model (`attach`), and hooks the runner calls
+around each chunk, batch and step. Everything a method must carry to the next chunk goes
+through `state()`/`load_state()` as tensors + JSON, so checkpoints never pickle objects and
+a resumed run continues exactly.
+
+Methods never see task labels unless the stream sets `task_ids_visible: true`: rows reach
+them without the `task` field.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from strcvit_bench.adapters import LoRALinear, adapter_layers, inject
+from strcvit_bench.models.base import ModelBundle
+
+Rows = list[dict[str, Any]]
+
+
+class MethodOptions(BaseModel):
+    """Options shared by every LoRA-based method (same rank budget = a fair comparison)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(8, ge=1, description="LoRA rank (total budget for expert methods)")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; scale = alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1,
+                           description="dropout on the adapter input (peft's default; the authors use 0.05)")
+
+
+@dataclass
+class MethodContext:
+    """What the runner hands a method: the model and services it may call."""
+
+    bundle: ModelBundle
+    seed: int
+    num_chunks: int
+    chunk_size: int
+    task_ids_visible: bool
+    lookup_rows: Callable[[list[str]], Rows]
+    batch_loss: Callable[..., torch.Tensor]  # (rows, sum_over_tokens=False) -> answer NLL
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+
+    def __init__(self, options: MethodOptions, ctx: MethodContext):
+        self.options = options
+        self.ctx = ctx
+        self.model = ctx.bundle.model
+
+    # --- adapting the model -----------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Wrap the target linear layers; default: one LoRA adapter each."""
+        o = self.options
+        inject(self.model, self.ctx.bundle.target_modules,
+               lambda name, layer: LoRALinear(layer, r=o.rank, alpha=o.alpha, dropout=o.dropout))
+
+    def trainable_names(self) -> list[str]:
+        """Adapter parameters (`lora_`/router names) plus the projector, in a stable order."""
+        import re
+
+        projector = re.compile(self.ctx.bundle.projector_modules)
+        out = []
+        for name, _ in self.model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf.startswith(("lora_", "router_")) or projector.fullmatch(name):
+                out.append(name)
+        return out
+
+    def setup(self) -> dict[str, nn.Parameter]:
+        self.attach()
+        names = set(self.trainable_names())
+        params = {}
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name in names)
+            if name in names:
+                params[name] = p
+        self.params = params
+        return params
+
+    def adapters(self, kind: type = LoRALinear) -> list[tuple[str, nn.Module]]:
+        return adapter_layers(self.model, kind)
+
+    # --- hooks ------------------------------------------------------------------------------
+
+    def before_chunk(self, index: int, rows: Rows) -> None:
+        """Called before training on chunk `index`."""
+
+    def batches(self, index: int, rows: Rows, batch_size: int, rng: random.Random) -> Iterator[Rows]:
+        """The training batches of a chunk: one shuffled single pass by default."""
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        for i in range(0, len(order), batch_size):
+            yield [rows[k] for k in order[i: i + batch_size]]
+
+    def before_forward(self, batch: dict[str, torch.Tensor], rows: Rows) -> None:
+        """Sees every batch (encoded, and its rows without task labels) before the model does:
+        training, evaluation and generation alike. Routing methods set their inputs here."""
+
+    def loss(self, task_loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return task_loss
+
+    def after_step(self) -> None:
+        """Called after every optimiser step."""
+
+    def after_chunk(self, index: int, rows: Rows) -> None:
+        """Called after training on chunk `index`, before evaluation."""
+
+    # --- state carried across chunks (checkpoints) -----------------------------------------
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return {}, {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore what `state()` returned."""
+
+    def info(self) -> dict[str, Any]:
+        """Extra facts for results.json (e.g. buffer size)."""
+        return {}
+
+    # --- routing analysis (expert methods) ---------------------------------------------------
+
+    def routing_reset(self) -> None:
+        """Start collecting routing statistics (called before scoring each task)."""
+
+    def routing_summary(self) -> dict[str, Any] | None:
+        """Mean expert activation since the last reset, or None for methods without routing."""
+        return None

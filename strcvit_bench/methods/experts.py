@@ -1,0 +1,70 @@
+"""What every mixture-of-LoRA-experts method shares: expert sizing and routing analysis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field, model_validator
+
+from strcvit_bench.adapters.experts import ExpertLoRA
+from strcvit_bench.methods.base import Method, MethodOptions
+
+
+class ExpertOptions(MethodOptions):
+    experts: int = Field(4, ge=1, description="experts per target layer")
+    rank_per_expert: int | None = Field(None, ge=1,
+                                        description="rank of each expert (default: rank / experts, same budget as LoRA)")
+
+    @model_validator(mode="after")
+    def _budget(self) -> ExpertOptions:
+        if self.rank_per_expert is None and self.rank % self.experts:
+            raise ValueError(f"rank {self.rank} is not divisible by experts {self.experts}; "
+                             f"set rank_per_expert or a rank that divides")
+        return self
+
+    @property
+    def per_expert(self) -> int:
+        return self.rank_per_expert or self.rank // self.experts
+
+
+class ExpertMethod(Method):
+    """Base of MoELoRA, SMoLoRA and StrLoRA: routing statistics over all expert layers."""
+
+    def expert_layers(self) -> list[ExpertLoRA]:
+        return [m for _, m in self.adapters(ExpertLoRA)]  # type: ignore[misc]
+
+    def routing_reset(self) -> None:
+        for layer in self.expert_layers():
+            layer.reset_stats()
+            layer.recording = True
+
+    def routing_summary(self) -> dict[str, Any] | None:
+        layers = self.expert_layers()
+        for layer in layers:
+            layer.recording = False
+        tokens = sum(layer.stat_tokens for layer in layers)
+        if not layers or tokens == 0:
+            return None
+        weight = sum(layer.stat_weight for layer in layers) / tokens
+        out: dict[str, Any] = {"mean_weight": [round(float(v), 6) for v in weight], "tokens": tokens}
+        samples = sum(layer.stat_samples for layer in layers)
+        if samples:
+            select = sum(layer.stat_select for layer in layers) / samples
+            out["selection_frequency"] = [round(float(v), 6) for v in select]
+        return out
+
+    @staticmethod
+    def instruction_embedding(bundle, batch: dict[str, torch.Tensor], masked: bool = True) -> torch.Tensor:
+        """Mean of the LLM's input-embedding rows over the instruction's tokens (text only).
+
+        `masked=False` averages the padding rows too, as the StrLoRA authors' training code does.
+        """
+        emb = bundle.input_embeddings()
+        ids, mask = batch["instruction_ids"], batch["instruction_mask"]
+        with torch.no_grad():
+            vectors = emb(ids).float()
+            if masked:
+                m = mask.unsqueeze(-1).to(vectors.dtype)
+                return (vectors * m).sum(1) / m.sum(1).clamp_min(1.0)
+            return vectors.mean(1)

@@ -1,0 +1,10 @@
+"""StrLoRA, the reference implementation (arXiv 2605.16353; DESIGN.md §3a).
+
+`routing` holds the formulas as pure functions, `layer` the adapter layer, `method` the
+plugin that wires them into the runner.
+"""
+
+from strcvit_bench.strlora.layer import StrLoRALinear
+from strcvit_bench.strlora.method import StrLoRA, StrLoRAOptions
+
+__all__ = ["StrLoRA", "StrLoRALinear", "StrLoRAOptions"]

@@ -1,0 +1,99 @@
+"""The StrLoRA adapter layer: two-stage routing over E LoRA experts.
+
+Per target layer (DESIGN.md §3a): stage 1 picks k experts per *sample* from the instruction
+representation t (task-aware selection); stage 2 weights them per *token* by attention
+between the token's query W_q x_l and the instruction key W_k LN(t), through learnable
+L2-normalised prototypes, and sends each token to one expert (straight-through top-1). An EMA
+copy of the stage-2 router (W_q, W_k, P) is the reference of the routing-stability loss.
+
+y_l = W0 x_l + (α/r) Σ_e c_{l,e} B_e A_e drop(x_l), with c_{l,·} the token's one-hot choice.
+When stage 1 is trainable (our default, `stage1_grad`), c_{l,e} is multiplied by g_e / sg(g_e)
+— exactly 1 in the forward pass, but it hands the selected experts' gradient to W_r through the
+straight-through top-k. Without it (the authors' release) W_r only masks and never learns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from strcvit_bench.adapters.experts import ExpertLoRA
+from strcvit_bench.strlora import routing
+
+
+class StrLoRALinear(ExpertLoRA):
+    def __init__(self, base: nn.Linear, d_model: int, experts: int = 4, rank_per_expert: int = 16,
+                 alpha: float = 128.0, dropout: float = 0.05, top_k: int = 2, router_dim: int = 64,
+                 init_std: float = 0.01, task_select: bool = True, token_weights: bool = True,
+                 stage1_grad: bool = True, tau: float = 1.0):
+        super().__init__(base, experts, rank_per_expert, alpha, dropout, init_std=init_std)
+        like = {"dtype": base.weight.dtype, "device": base.weight.device}
+        self.router_Wr = nn.Parameter(torch.empty(experts, d_model, **like))
+        self.router_Wq = nn.Parameter(torch.empty(router_dim, base.in_features, **like))
+        self.router_Wk = nn.Parameter(torch.empty(router_dim, d_model, **like))
+        self.router_P = nn.Parameter(torch.empty(experts, router_dim, **like))
+        for p in (self.router_Wr, self.router_Wq, self.router_Wk):
+            nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+        nn.init.normal_(self.router_P, std=router_dim ** -0.5)
+        self.register_buffer("ema_Wq", self.router_Wq.detach().clone(), persistent=False)
+        self.register_buffer("ema_Wk", self.router_Wk.detach().clone(), persistent=False)
+        self.register_buffer("ema_P", self.router_P.detach().clone(), persistent=False)
+        self.top_k = min(top_k, experts)
+        self.task_select, self.token_weights, self.stage1_grad, self.tau = task_select, token_weights, stage1_grad, tau
+        self.t: torch.Tensor | None = None            # (B, d_model) instruction representation
+        self.token_mask: torch.Tensor | None = None   # (B, L) real tokens, for the KL mean and stats
+        self.stability_active = False
+        self.kl: torch.Tensor | None = None
+        self.last_selection: torch.Tensor | None = None
+
+    def select(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage 1: (gates, hard gates, mask) per sample."""
+        assert self.t is not None, "StrLoRA needs before_forward to set the instruction representation"
+        t = self.t.to(self.router_Wr.dtype)
+        if not self.task_select:  # ablation: every expert is a candidate
+            mask = torch.ones(t.shape[0], self.experts, dtype=torch.bool, device=t.device)
+            uniform = torch.full(mask.shape, 1.0 / self.experts, device=t.device)
+            return uniform, uniform, mask
+        return routing.stage1(t, self.router_Wr, self.top_k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gates, hard, mask = self.select()
+        self.last_selection = mask
+        t = self.t.to(x.dtype)  # type: ignore[union-attr]
+        mask3 = mask.unsqueeze(1)                                                  # (B, 1, E)
+        if self.token_weights:
+            logits = routing.stage2_logits(x, t, self.router_Wq, self.router_Wk, self.router_P)
+            p = routing.masked_softmax(logits, mask3, self.tau)                    # (B, L, E)
+            choice = routing.top1_straight_through(p)
+        else:  # ablation: the stage-1 gates weight every token of the sample
+            choice = gates.unsqueeze(1).expand(x.shape[0], x.shape[1], self.experts)
+        weights = choice
+        if self.token_weights and self.task_select and self.stage1_grad:
+            safe = torch.where(mask, hard, torch.ones_like(hard))
+            factor = torch.where(mask, gates / safe, torch.zeros_like(gates))     # == 1 on the subset
+            weights = choice * factor.unsqueeze(1)
+        token_mask = self.token_mask if self.token_mask is not None and self.token_mask.shape == x.shape[:2] else None
+        if self.recording:
+            self.record_tokens(weights.detach(), token_mask)
+            if x.shape[1] > 1:
+                self.record_selection(mask.float())
+        self.kl = None
+        if self.stability_active and self.training and self.token_weights:
+            xd = x.detach()
+            with torch.no_grad():
+                teacher = routing.stage2_logits(xd, t, self.ema_Wq, self.ema_Wk, self.ema_P)
+            student = routing.stage2_logits(xd, t, self.router_Wq, self.router_Wk, self.router_P)
+            kl = routing.stability_kl(teacher, student, mask3.detach(), self.tau)  # (B, L)
+            if token_mask is not None:
+                m = token_mask.to(kl.dtype)
+                self.kl = (kl * m).sum() / m.sum().clamp_min(1.0)
+            else:
+                self.kl = kl.mean()
+        return self.base(x) + self.expert_delta(x, weights.to(x.dtype))
+
+    def update_ema(self, momentum: float) -> None:
+        routing.ema_update(self.ema_Wq, self.router_Wq, momentum)
+        routing.ema_update(self.ema_Wk, self.router_Wk, momentum)
+        routing.ema_update(self.ema_P, self.router_P, momentum)

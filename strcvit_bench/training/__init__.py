@@ -1,0 +1,1 @@
+"""Training: the per-chunk trainer, the stream runner and its checkpoints."""

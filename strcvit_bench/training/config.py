@@ -1,0 +1,61 @@
+"""The run configuration: everything that defines a run, recorded in results.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from strcvit_bench.models.base import DEFAULT_PROJECTOR, DEFAULT_TARGET
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stream: str
+    method: str = "lora"
+    method_options: dict[str, Any] = Field(default_factory=dict)
+    model: str = "tiny"
+    out: str = "runs/run"
+    seed: int = 0
+    epochs_per_chunk: int = Field(1, ge=1)
+    lr: float | None = Field(None, gt=0, description="first chunk's learning rate, warm-up + cosine "
+                                                     "(default: 3e-3 for tiny, 1e-4 for HF models)")
+    lr_later: float | None = Field(None, gt=0, description="later chunks' constant learning rate "
+                                                           "(default: lr / 4 for tiny, lr / 5 for HF models)")
+    warmup: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int | None = Field(None, ge=1, description="training batch (default: 8 for tiny, 16 for HF models)")
+    eval_batch_size: int = Field(64, ge=1)
+    eval_limit: int | None = Field(None, ge=1, description="score at most this many test rows per task")
+    max_chunks: int | None = Field(None, ge=1)
+    target_modules: str = DEFAULT_TARGET
+    projector_modules: str = DEFAULT_PROJECTOR
+    train_projector: bool = True
+    device: str = "auto"
+    dtype: str = "auto"
+    pretrain_samples: int | None = Field(None, ge=0, description="tiny model: captions seen in pre-training")
+
+    @property
+    def train_batch_size(self) -> int:
+        """Small batches give the tiny model enough optimiser steps in a single pass."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return 8 if self.model == "tiny" else 16
+
+    @property
+    def first_lr(self) -> float:
+        """The authors' 1e-4 / 2e-5 for real models; the 3.5 M-parameter tiny model needs more."""
+        if self.lr is not None:
+            return self.lr
+        return 3e-3 if self.model == "tiny" else 1e-4
+
+    @property
+    def later_lr(self) -> float:
+        if self.lr_later is not None:
+            return self.lr_later
+        return self.first_lr / (4 if self.model == "tiny" else 5)
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for `--resume` to continue a run (not where it writes or how it evaluates)."""
+        return self.model_dump(exclude={"out", "max_chunks", "eval_batch_size", "device"})

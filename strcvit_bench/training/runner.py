@@ -1,0 +1,221 @@
+"""The continual runner: train chunk by chunk, score every task after every chunk.
+
+RUNDIR/
+  run_config.json        the RunConfig (a resumed run must match it)
+  results.json           schema-versioned results, rewritten atomically after every chunk
+  predictions/base/…     predictions of the untrained model (for FWT)
+  predictions/chunk_003/<task>.jsonl   id, prediction, references, score
+  checkpoints/chunk_003/ see training/checkpoint.py
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from strcvit_bench.env import git_commit, hardware, library_versions
+from strcvit_bench.errors import StrcvitError
+from strcvit_bench.evaluation.evaluator import generate_answers, score_task
+from strcvit_bench.evaluation.metrics import all_metrics, first_seen_from_counts
+from strcvit_bench.io import atomic_write_json, atomic_write_text
+from strcvit_bench.methods import MethodContext
+from strcvit_bench.methods.registry import get_method, parse_options
+from strcvit_bench.models import load_model
+from strcvit_bench.streams.stream import Stream, verify_stream
+from strcvit_bench.training import checkpoint
+from strcvit_bench.training.config import RunConfig
+from strcvit_bench.training.rows import RowStore
+from strcvit_bench.training.trainer import batch_loss, train_chunk
+
+SCHEMA_VERSION = 1
+Progress = Callable[[str, int, int], None]
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def stream_texts(stream: Stream) -> list[str]:
+    """Instructions and answers of the whole stream (the tiny model's tokenizer covers them)."""
+    texts: list[str] = []
+    tables = [stream.read_test(t, columns=["instruction", "answers"]) for t in stream.task_names]
+    tables += [stream.read_chunk(c["index"], columns=["instruction", "answers"]) for c in stream.manifest["chunks"]]
+    for table in tables:
+        texts.extend(table.column("instruction").to_pylist())
+        texts.extend(a for answers in table.column("answers").to_pylist() for a in answers)
+    return texts
+
+
+class Run:
+    def __init__(self, config: RunConfig, resume: bool = False, progress: Progress | None = None):
+        self.config = config
+        self.progress = progress
+        self.out = Path(config.out)
+        self.stream = verify_stream(config.stream)
+        self.method_cls = get_method(config.method)
+        self.options = parse_options(self.method_cls, config.method_options)
+        self.resume_from = self._check_out_dir(resume)
+
+    def _check_out_dir(self, resume: bool) -> int | None:
+        cfg_path = self.out / "run_config.json"
+        if not cfg_path.exists():
+            if resume:
+                raise StrcvitError(f"--resume: {self.out} holds no run to resume")
+            return None
+        if not resume:
+            raise StrcvitError(f"{self.out} already holds a run; pass --resume to continue it, or choose another --out")
+        saved = RunConfig.model_validate(json.loads(cfg_path.read_text()))
+        mine = {**self.config.identity(), "method_options": self.options.model_dump()}
+        theirs = {**saved.identity(),
+                  "method_options": parse_options(self.method_cls, saved.method_options).model_dump()}
+        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        if diff:
+            raise StrcvitError(f"--resume: {self.out} was run with different settings ({', '.join(diff)}); "
+                               f"resume with the same settings or choose another --out")
+        return checkpoint.latest(self.out)
+
+    def _say(self, label: str, done: int, total: int) -> None:
+        if self.progress:
+            self.progress(label, done, total)
+
+    def execute(self) -> dict[str, Any]:
+        cfg, stream = self.config, self.stream
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(cfg.seed)
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "run_config.json", cfg.model_dump())
+        tiny = {"recipe": _recipe(cfg.pretrain_samples)} if cfg.model == "tiny" and cfg.pretrain_samples is not None \
+            else {}
+        bundle = load_model(cfg.model, stream_texts=stream_texts(stream) if cfg.model == "tiny" else (),
+                            dtype=cfg.dtype, progress=self.progress, **tiny)
+        bundle.target_modules = cfg.target_modules
+        bundle.projector_modules = cfg.projector_modules if cfg.train_projector else r"(?!)"
+        bundle.model.to(_device(cfg.device))
+        store = RowStore(stream, hide_task=not stream.manifest.get("task_ids_visible", False))
+        method_holder: list[Any] = []
+        ctx = MethodContext(
+            bundle=bundle, seed=cfg.seed, num_chunks=stream.num_chunks, chunk_size=int(stream.manifest["chunk_size"]),
+            task_ids_visible=bool(stream.manifest.get("task_ids_visible", False)), lookup_rows=store.lookup,
+            batch_loss=lambda rows, sum_over_tokens=False: batch_loss(bundle, method_holder[0], rows, sum_over_tokens),
+        )
+        method = self.method_cls(self.options, ctx)
+        method_holder.append(method)
+        params = method.setup()
+        self.method, self.bundle = method, bundle
+        tasks = stream.manifest["tasks"]
+        tests = {t["name"]: stream.read_test(t["name"]).to_pylist()[: cfg.eval_limit] for t in tasks}
+        first_seen = first_seen_from_counts(stream.task_names, stream.composition())
+        last = stream.num_chunks if cfg.max_chunks is None else min(stream.num_chunks, cfg.max_chunks)
+
+        if self.resume_from is not None:
+            trainable, m_tensors, m_meta, state = checkpoint.load(self.out, self.resume_from)
+            with torch.no_grad():
+                for name, value in trainable.items():
+                    params[name].copy_(value)
+            method.load_state(m_tensors, m_meta)
+            store.remember(self.resume_from)
+            start = self.resume_from + 1
+        else:
+            state = {"accuracy_matrix": [], "per_chunk": [], "base_scores": None, "base_eval_seconds": None}
+            t0 = time.perf_counter()
+            self._say("scoring the untrained model", 0, last)
+            state["base_scores"] = self._evaluate(tests, tasks, "base", method)
+            state["base_eval_seconds"] = time.perf_counter() - t0
+            start = 0
+        self._write_results(state, params, first_seen, method, bundle)
+        for index in range(start, last):
+            self._say(f"chunk {index}: training", index, last)
+            rows = store.chunk(index)
+            stats = train_chunk(bundle, method, params, index, rows, cfg)
+            self._say(f"chunk {index}: evaluating", index, last)
+            t0 = time.perf_counter()
+            scores = self._evaluate(tests, tasks, f"chunk_{index:03d}", method)
+            stats.update({"chunk": index, "eval_seconds": time.perf_counter() - t0, "peak_rss_mib": _peak_rss_mib()})
+            if torch.cuda.is_available():
+                stats["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            state["accuracy_matrix"].append(scores)
+            state["per_chunk"].append(stats)
+            m_tensors, m_meta = method.state()
+            checkpoint.save(self.out, index, dict(params), m_tensors, m_meta, state)
+            self._write_results(state, params, first_seen, method, bundle)
+            self._say(f"chunk {index}: done", index + 1, last)
+        return json.loads((self.out / "results.json").read_text())
+
+    def _evaluate(self, tests: dict[str, list[dict]], tasks: list[dict], tag: str, method) -> list[float]:
+        scores, routing = [], {}
+        for task in tasks:
+            rows = tests[task["name"]]
+            method.routing_reset()
+            preds = generate_answers(self.bundle, rows, self.config.eval_batch_size, method.before_forward)
+            summary = method.routing_summary()
+            if summary is not None:
+                routing[task["name"]] = summary
+            score, records = score_task(task["metric"], rows, preds)
+            atomic_write_text(self.out / "predictions" / tag / f"{task['name']}.jsonl",
+                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            scores.append(score)
+        if routing:
+            self._record_routing(tag, routing)
+        return scores
+
+    def _record_routing(self, tag: str, per_task: dict[str, Any]) -> None:
+        """routing.json: per evaluation point and task, the mean expert activation (and, for
+        two-stage routers, how often each expert is selected per sample)."""
+        path = self.out / "routing.json"
+        data = json.loads(path.read_text()) if path.exists() else {
+            "schema_version": 1, "method": self.config.method, "points": {}}
+        data["points"][tag] = per_task
+        atomic_write_json(path, data)
+
+    def _write_results(self, state: dict, params: dict, first_seen: list, method, bundle) -> None:
+        cfg, stream = self.config, self.stream
+        R = state["accuracy_matrix"]
+        per = state["per_chunk"]
+        results = {
+            "schema_version": SCHEMA_VERSION,
+            "method": cfg.method,
+            "method_options": self.options.model_dump(),
+            "method_info": method.info(),
+            "model": cfg.model,
+            "model_info": {k: v for k, v in bundle.info.items() if k != "cache"},
+            "stream": {"name": stream.name, "fingerprint": stream.fingerprint, "path": str(stream.path),
+                       "num_chunks": stream.num_chunks, "chunk_size": stream.manifest["chunk_size"]},
+            "seed": cfg.seed,
+            "tasks": [{"name": t["name"], "family": t["family"], "metric": t["metric"], "first_seen": s}
+                      for t, s in zip(stream.manifest["tasks"], first_seen, strict=True)],
+            "accuracy_matrix": R,
+            "base_scores": state["base_scores"],
+            "metrics": all_metrics(R, first_seen, state["base_scores"]) if R else {},
+            "per_chunk": per,
+            "trainable_params": sum(p.numel() for p in params.values()),
+            "completed_chunks": len(R),
+            "complete": len(R) == stream.num_chunks,
+            "timings": {"train_seconds": sum(p["train_seconds"] for p in per),
+                        "eval_seconds": sum(p["eval_seconds"] for p in per),
+                        "base_eval_seconds": state["base_eval_seconds"]},
+            "env": {"versions": library_versions(), "hardware": hardware(), "commit": git_commit()},
+            "config": cfg.model_dump(),
+        }
+        atomic_write_json(self.out / "results.json", results)
+
+
+def _recipe(samples: int):
+    from strcvit_bench.models.tiny import PretrainRecipe
+
+    return PretrainRecipe(samples=samples)
+
+
+def run(config: RunConfig, resume: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    return Run(config, resume=resume, progress=progress).execute()

@@ -1,0 +1,93 @@
+"""Tiny, randomly initialised models of real Hugging Face VLM families, saved to a folder.
+
+The real loading path (`AutoProcessor` / `AutoModelForImageTextToText.from_pretrained`) is
+then exercised offline on Llava, Qwen2-VL and Idefics3 without downloading anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from strcvit_bench.models.tiny import TinyConfig, build_model, build_tokenizer
+
+WORDS = ["what is this image describe a red cat blue dog yes no 1 2 3"]
+
+
+def _template(user_image: str, start: str, end: str, assistant: str) -> str:
+    return ("{% for m in messages %}" + start + "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+            "{% for c in m['content'] %}{% if c['type'] == 'image' %}" + user_image + "{% else %}{{ c['text'] }}"
+            "{% endif %}{% endfor %}{% endif %}" + end + "{% endfor %}{% if add_generation_prompt %}" + assistant
+            + "{% endif %}")
+
+
+def save_llava(path: Path) -> Path:
+    from transformers import LlavaImageProcessorPil, LlavaProcessor
+
+    tok = build_tokenizer(WORDS)
+    tok.chat_template = _template("<image>", "{{ m['role'] }}: ", " ", "assistant:")
+    ip = LlavaImageProcessorPil(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                          chat_template=tok.chat_template, num_additional_image_tokens=1)
+    build_model(TinyConfig(), len(tok), 0).save_pretrained(path)
+    proc.save_pretrained(path)
+    return path
+
+
+def save_qwen2_vl(path: Path) -> Path:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    tok = build_tokenizer(WORDS)
+    tok.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>",
+                                                          "<|video_pad|>", "<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = _template("<|vision_start|><|image_pad|><|vision_end|>", "<|im_start|>{{ m['role'] }}\n",
+                                  "<|im_end|>\n", "<|im_start|>assistant\n")
+    ids = tok.convert_tokens_to_ids
+    cfg = Qwen2VLConfig(
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2, mlp_ratio=2),
+        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=2,
+                         eos_token_id=3, pad_token_id=0,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )
+    Qwen2VLForConditionalGeneration(cfg).save_pretrained(path)
+    # no processor.save_pretrained: Qwen2-VL's processor insists on a (torchvision) video processor;
+    # the loader rebuilds an image-only processor from these two parts
+    tok.save_pretrained(path)
+    Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=56 * 56, patch_size=14, merge_size=2,
+                             temporal_patch_size=2).save_pretrained(path)
+    return path
+
+
+def save_idefics3(path: Path) -> Path:
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
+
+    tok = build_tokenizer(WORDS)
+    tok.add_special_tokens({"additional_special_tokens": ["<fake_token_around_image>", "<global-img>",
+                                                          "<end_of_utterance>"]})
+    tok.chat_template = _template("<image>", "{{ m['role'] }}:", "<end_of_utterance>\n", "assistant:")
+    ids = tok.convert_tokens_to_ids
+    cfg = Idefics3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, bos_token_id=2,
+                         eos_token_id=3, pad_token_id=0),
+        scale_factor=2, image_token_id=ids("<image>"),
+    )
+    Idefics3ForConditionalGeneration(cfg).save_pretrained(path)
+    ip = Idefics3ImageProcessorPil(size={"longest_edge": 32}, max_image_size={"longest_edge": 32},
+                                   do_image_splitting=False)
+    Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=4,
+                      chat_template=tok.chat_template).save_pretrained(path)
+    return path
+
+
+FAMILIES = {"llava": save_llava, "qwen2_vl": save_qwen2_vl, "idefics3": save_idefics3}

@@ -1,0 +1,100 @@
+"""Models: the tiny default's encoder and cache, and the real HF loading path on tiny models of
+three families (Llava, Qwen2-VL, Idefics3) built offline."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from baselines.lora import LoRA
+from strcvit_bench.adapters import LoRALinear
+from strcvit_bench.cli import app
+from strcvit_bench.methods.base import MethodContext, MethodOptions
+from strcvit_bench.models.base import model_inputs
+from strcvit_bench.models.hf import load_hf
+from strcvit_bench.models.tiny import (
+    EOS,
+    IMAGE,
+    SEP,
+    PretrainRecipe,
+    TinyConfig,
+    TinyEncoder,
+    build_tokenizer,
+    load_tiny,
+)
+
+from .hf_families import FAMILIES
+
+ROWS = [{"image": Image.new("RGB", (60, 50), (200, 10, 10)), "instruction": "What is this?", "answer": "a red cat"},
+        {"image": Image.new("RGB", (48, 48)), "instruction": "Blue?", "answer": "no"}]
+
+
+def test_tiny_encoder_layout_and_labels():
+    tok = build_tokenizer(["what is this ? a red cat is it blue no"])
+    enc = TinyEncoder(tok, TinyConfig())
+    b = enc.train_batch(ROWS)
+    ids, labels = b["input_ids"][0].tolist(), b["labels"][0].tolist()
+    assert ids[1:37] == [IMAGE] * 36 and b["pixel_values"].shape == (2, 3, 48, 48)
+    sep = ids.index(SEP)
+    assert all(v == -100 for v in labels[: sep + 1])  # no loss on the prompt
+    assert tok.decode(labels[sep + 1: sep + 4]) == "a red cat" and labels[sep + 4] == EOS
+    p = enc.prompt_batch(ROWS)
+    assert p["input_ids"][1, 0] == 0 and p["attention_mask"][1, 0] == 0  # left padding
+    assert p["input_ids"][0, -1] == SEP and p["input_ids"][1, -1] == SEP
+    assert b["instruction_mask"].sum(1).tolist() == [4, 2]
+    assert enc.decode(torch.tensor([[tok.convert_tokens_to_ids("red"), tok.convert_tokens_to_ids("cat"), EOS, 9]])) == [
+        "red cat"]
+
+
+def test_tiny_base_is_cached_by_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("STRCVIT_CACHE", str(tmp_path))
+    a = load_tiny(["hello world"], recipe=PretrainRecipe(samples=32, batch_size=16))
+    assert a.info["cached"] is False and a.info["pretrain_stats"]["steps"] == 2
+    b = load_tiny(["hello world"], recipe=PretrainRecipe(samples=32, batch_size=16))
+    assert b.info["cached"] is True
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(),
+                                                    strict=True))
+    c = load_tiny(["hello world"], recipe=PretrainRecipe(samples=64, batch_size=16))
+    assert c.info["cached"] is False  # another recipe, another cache entry
+    assert len(list((tmp_path / "models").iterdir())) == 2
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_hf_family_loads_trains_and_generates(tmp_path, family):
+    path = FAMILIES[family](tmp_path / family)
+    bundle = load_hf(str(path))
+    ctx = MethodContext(bundle=bundle, seed=0, num_chunks=1, chunk_size=2, task_ids_visible=False,
+                        lookup_rows=lambda ids: [], batch_loss=lambda *a, **k: None)
+    method = LoRA(MethodOptions(), ctx)
+    params = method.setup()
+    wrapped = [n for n, m in bundle.model.named_modules() if isinstance(m, LoRALinear)]
+    assert wrapped and all(re.search(r"(language_model|text_model)\.layers\.", n) for n in wrapped)
+    assert any("vision" in n or "visual" in n for n, _ in bundle.model.named_parameters())
+    frozen_vision = [n for n, p in bundle.model.named_parameters()
+                     if ("vision" in n or "visual" in n) and "merger" not in n and p.requires_grad]
+    assert frozen_vision == []  # adapters never go on the vision tower
+    assert any(re.search(r"multi_modal_projector|connector|merger", n) for n in params)
+    batch = bundle.encoder.train_batch(ROWS)
+    assert (batch["labels"] != -100).sum().item() > 0
+    loss = bundle.model(**model_inputs(batch)).loss
+    loss.backward()
+    assert all(p.grad is not None for n, p in params.items() if "lora_A" in n)
+    prompts = bundle.encoder.prompt_batch(ROWS)
+    out = bundle.model.generate(**model_inputs(prompts), max_new_tokens=2, do_sample=False)
+    assert len(bundle.encoder.decode(out[:, prompts["input_ids"].shape[1]:])) == 2
+
+
+def test_run_cli_on_a_hf_model_path(tmp_path, tiny_stream):
+    path = FAMILIES["qwen2_vl"](tmp_path / "qwen")
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["--quiet", "run", "--stream", str(tiny_stream), "--model", str(path), "--method",
+                                 "lora", "--max-chunks", "1", "--eval-limit", "3", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["model"] == str(path) and res["model_info"]["model_type"] == "qwen2_vl"
+    assert res["completed_chunks"] == 1 and res["complete"] is False

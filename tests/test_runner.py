@@ -1,0 +1,153 @@
+"""The continual runner end to end through the CLI, on a tiny stream and a barely pre-trained tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from strcvit_bench.cli import app
+
+runner = CliRunner()
+FAST = ["--pretrain-samples", "1024", "--lr", "0.02", "--batch-size", "8", "--eval-batch-size", "32",
+        "--epochs-per-chunk", "2"]
+
+
+@pytest.fixture(autouse=True)
+def _model_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("STRCVIT_CACHE", str(tmp_path_factory.getbasetemp() / "model-cache"))
+
+
+def _run(tiny_stream: Path, out: Path, method: str, *extra: str):
+    result = runner.invoke(app, ["--quiet", "run", "--stream", str(tiny_stream), "--method", method,
+                                 "--out", str(out), *FAST, *extra])
+    return result
+
+
+def _predictions(run_dir: Path, tag: str) -> dict[str, list[str]]:
+    return {p.stem: [json.loads(line)["prediction"] for line in p.read_text().splitlines()]
+            for p in sorted((run_dir / "predictions" / tag).glob("*.jsonl"))}
+
+
+@pytest.mark.parametrize("method", ["lora", "replay", "ewc", "moelora", "smolora", "strlora"])
+def test_run_end_to_end(tmp_path, tiny_stream, method):
+    out = tmp_path / method
+    result = _run(tiny_stream, out, method)
+    assert result.exit_code == 0, result.output
+    r = json.loads((out / "results.json").read_text())
+    assert r["schema_version"] == 1 and r["method"] == method and r["complete"] is True
+    assert r["stream"]["fingerprint"] == json.loads((tiny_stream / "manifest.json").read_text())["fingerprint"]
+    assert [t["name"] for t in r["tasks"]] == ["shapes", "text", "aerial"]
+    assert [t["first_seen"] for t in r["tasks"]] == [0, 1, 2]
+    assert len(r["accuracy_matrix"]) == 3 and all(len(row) == 3 for row in r["accuracy_matrix"])
+    assert all(0 <= v <= 100 for row in r["accuracy_matrix"] for v in row)
+    assert len(r["base_scores"]) == 3
+    for key in ("final_average_accuracy", "mean_average_accuracy", "bwt", "forgetting", "plasticity", "fwt"):
+        assert key in r["metrics"]
+    assert r["trainable_params"] > 0 and len(r["per_chunk"]) == 3
+    assert {"train_loss", "train_seconds", "eval_seconds", "peak_rss_mib"} <= set(r["per_chunk"][0])
+    assert r["env"]["versions"]["torch"] and r["seed"] == 0 and r["config"]["method"] == method
+    for t in range(3):
+        assert (out / "checkpoints" / f"chunk_{t:03d}" / "trainable.safetensors").is_file()
+    # training changed what the model answers and how it scores
+    base, last = _predictions(out, "base"), _predictions(out, "chunk_002")
+    assert base != last
+    assert r["accuracy_matrix"][-1] != r["base_scores"] or r["accuracy_matrix"][0] != r["base_scores"]
+    # every prediction can be re-scored offline from the files
+    from strcvit_bench.evaluation.scoring import get_metric
+
+    rec = json.loads((out / "predictions" / "chunk_002" / "shapes.jsonl").read_text().splitlines()[0])
+    assert get_metric("vqa_accuracy")(rec["prediction"], rec["references"]) == rec["score"]
+    if method == "replay":
+        assert r["method_info"]["buffer_filled"] > 0
+        assert json.loads((out / "checkpoints" / "chunk_002" / "method.json").read_text())["items"]
+    routing_file = out / "routing.json"
+    assert routing_file.exists() == (method in ("moelora", "smolora", "strlora"))
+    if routing_file.exists():
+        routing = json.loads(routing_file.read_text())
+        assert set(routing["points"]) == {"base", "chunk_000", "chunk_001", "chunk_002"}
+        per_task = routing["points"]["chunk_002"]
+        assert set(per_task) == {"shapes", "text", "aerial"}
+        assert all(abs(sum(v["mean_weight"]) - 1) < 1e-3 for v in per_task.values())
+        if method == "strlora":
+            assert all(abs(sum(v["selection_frequency"]) - 2) < 1e-4 for v in per_task.values())
+        shown = runner.invoke(app, ["inspect-run", str(out), "--plot", str(tmp_path / "r.png")])
+        assert shown.exit_code == 0, shown.output
+        assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _comparable(r: dict) -> dict:
+    return {k: r[k] for k in ("accuracy_matrix", "base_scores", "metrics", "trainable_params", "method_info")} | {
+        "losses": [p["train_loss"] for p in r["per_chunk"]]}
+
+
+@pytest.mark.parametrize("method", ["replay", "ewc", "strlora"])
+def test_resume_after_an_interruption_gives_the_same_results(tmp_path, tiny_stream, method, monkeypatch):
+    full = tmp_path / "full"
+    assert _run(tiny_stream, full, method).exit_code == 0
+    # stop after chunk 1 (a clean interruption) ...
+    part = tmp_path / "part"
+    assert _run(tiny_stream, part, method, "--max-chunks", "2").exit_code == 0
+    assert json.loads((part / "results.json").read_text())["complete"] is False
+    # ... and crash in the middle of chunk 2's training
+    from strcvit_bench.training import runner as runner_mod
+
+    real = runner_mod.train_chunk
+
+    def crash(bundle, method_obj, params, index, rows, config):
+        if index == 2:
+            raise RuntimeError("simulated crash")
+        return real(bundle, method_obj, params, index, rows, config)
+
+    monkeypatch.setattr(runner_mod, "train_chunk", crash)
+    crashed = _run(tiny_stream, part, method, "--resume")
+    assert crashed.exit_code != 0
+    monkeypatch.setattr(runner_mod, "train_chunk", real)
+    resumed = _run(tiny_stream, part, method, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    a = json.loads((full / "results.json").read_text())
+    b = json.loads((part / "results.json").read_text())
+    assert _comparable(a) == _comparable(b)
+    assert _predictions(full, "chunk_002") == _predictions(part, "chunk_002")
+
+
+def test_run_refuses_to_overwrite_and_checks_resume_settings(tmp_path, tiny_stream):
+    out = tmp_path / "r"
+    assert _run(tiny_stream, out, "lora", "--max-chunks", "1").exit_code == 0
+    again = _run(tiny_stream, out, "lora")
+    assert again.exit_code == 2 and "--resume" in again.output
+    other = _run(tiny_stream, out, "lora", "--resume", "--seed", "5")
+    assert other.exit_code == 2 and "seed" in other.output
+
+
+def test_bad_inputs_exit_2(tmp_path, tiny_stream):
+    r = runner.invoke(app, ["run", "--stream", str(tmp_path), "--method", "lora"])
+    assert r.exit_code == 2 and "not a built stream" in r.output
+    r = runner.invoke(app, ["run", "--stream", str(tiny_stream), "--method", "sgd"])
+    assert r.exit_code == 2 and "unknown method 'sgd'" in r.output
+    r = runner.invoke(app, ["run", "--stream", str(tiny_stream), "--method", "replay", "--opt", "size=3"])
+    assert r.exit_code == 2 and "unknown option" in r.output
+    r = runner.invoke(app, ["run", "--stream", str(tiny_stream), "--model", str(tmp_path / "no-model"),
+                            "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "could not be loaded" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_methods_command_lists_methods_and_options():
+    r = runner.invoke(app, ["methods"])
+    assert r.exit_code == 0
+    for text in ("lora", "replay", "ewc", "moelora", "smolora", "strlora", "buffer_size", "replay_ratio", "lam",
+                 "gamma", "top_k", "if_encoder", "stability_weight", "ema_momentum"):
+        assert text in r.output
+
+
+def test_strlora_ablation_switches(tmp_path, tiny_stream):
+    out = tmp_path / "abl"
+    r = _run(tiny_stream, out, "strlora", "--no-task-select", "--no-stability", "--max-chunks", "1")
+    assert r.exit_code == 0, r.output
+    opts = json.loads((out / "results.json").read_text())["method_options"]
+    assert opts["task_select"] is False and opts["stability"] is False and opts["token_weights"] is True
+    bad = _run(tiny_stream, tmp_path / "x", "lora", "--no-task-select")
+    assert bad.exit_code == 2 and "StrLoRA ablations" in bad.output
