@@ -76,7 +76,8 @@ class SMoLoRALinear(ExpertLoRA):
         scores = torch.cat([vu_out @ self.lora_fc_A.t(), if_out @ self.lora_fc_B.t()], -1)
         mix = torch.softmax(scores.float(), dim=-1).to(x.dtype)      # (B, L, 2)
         if self.recording:
-            eff = mix[..., :1] * torch.cat([vu, zeros], -1)[:, None] + mix[..., 1:] * torch.cat([zeros, ins], -1)[:, None]
+            vu_w, if_w = torch.cat([vu, zeros], -1)[:, None], torch.cat([zeros, ins], -1)[:, None]
+            eff = mix[..., :1] * vu_w + mix[..., 1:] * if_w
             mask = self.token_mask if self.token_mask is not None and self.token_mask.shape == x.shape[:2] else None
             self.record_tokens(eff, mask)
             if x.shape[1] > 1:

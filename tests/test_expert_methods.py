@@ -108,7 +108,7 @@ def test_stage2_logits_by_hand():
     ln = (t - t.mean()) / torch.sqrt(t.var(unbiased=False) + 1e-5)
     k = (ln @ W_k.t())[0]
     p_hat = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1 / math.sqrt(2), 1 / math.sqrt(2)]])
-    expected = torch.stack([torch.stack([(x[0, l] @ W_q.t() * k) @ p_hat[e] for e in range(3)]) for l in range(2)])
+    expected = torch.stack([torch.stack([(x[0, tok] @ W_q.t() * k) @ p_hat[e] for e in range(3)]) for tok in range(2)])
     got = routing.stage2_logits(x, t, W_q, W_k, P)[0] * math.sqrt(2)
     assert torch.allclose(got, expected, atol=1e-5)
 
@@ -170,7 +170,8 @@ def test_strlora_layer_zero_b_is_the_frozen_layer_and_one_expert_per_token():
         for i in range(5):
             e = int(choice[b, i])
             assert mask[b, e]
-            expected[b, i] += (x[b, i] @ layer.lora_A[2 * e: 2 * e + 2].t() @ layer.lora_B[:, 2 * e: 2 * e + 2].t()) * 1.0
+            A, B = layer.lora_A[2 * e: 2 * e + 2], layer.lora_B[:, 2 * e: 2 * e + 2]
+            expected[b, i] += (x[b, i] @ A.t() @ B.t()) * 1.0  # scale = alpha / total rank = 8 / 8
     assert torch.allclose(out, expected, atol=1e-5)
 
 

@@ -31,7 +31,8 @@ class ExpertLoRA(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, experts * rank_per_expert, **like))
         if init_std is None:
             for e in range(experts):  # each expert initialised like a LoRA A of its own
-                nn.init.kaiming_uniform_(self.lora_A.data[e * rank_per_expert:(e + 1) * rank_per_expert], a=math.sqrt(5))
+                block = self.lora_A.data[e * rank_per_expert:(e + 1) * rank_per_expert]
+                nn.init.kaiming_uniform_(block, a=math.sqrt(5))
         else:
             nn.init.normal_(self.lora_A, std=init_std)
         self.recording = False

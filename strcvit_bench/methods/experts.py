@@ -14,7 +14,7 @@ from strcvit_bench.methods.base import Method, MethodOptions
 class ExpertOptions(MethodOptions):
     experts: int = Field(4, ge=1, description="experts per target layer")
     rank_per_expert: int | None = Field(None, ge=1,
-                                        description="rank of each expert (default: rank / experts, same budget as LoRA)")
+                                        description="rank of each expert (default: rank / experts, LoRA's budget)")
 
     @model_validator(mode="after")
     def _budget(self) -> ExpertOptions:
