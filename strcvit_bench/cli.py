@@ -144,29 +144,83 @@ def inspect_cmd(
     say(f"composition plot: {target}")
 
 
+DEMO_METHODS = ("lora", "replay", "ewc", "moelora", "smolora", "strlora")
+
+
 @app.command("demo")
 @handles_errors
 def demo_cmd(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where the demo writes everything."),
-    overwrite: bool = typer.Option(True, "--overwrite/--keep", help="Rebuild the demo stream if present."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where the demo writes stream and runs."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds per method (0, 1, ...)."),
+    methods: str = typer.Option(",".join(DEMO_METHODS), "--methods", help="Comma-separated methods to run."),
+    leaderboard: Path = typer.Option(None, "--leaderboard", help="Leaderboard directory (default OUT/leaderboard)."),
+    eval_limit: int = typer.Option(None, "--eval-limit", min=1, help="Score at most N test rows per task."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the demo stream even if present."),
 ) -> None:
-    """The main job on the embedded default: build the demo stream and show its composition."""
-    from strcvit_bench.reports.composition import plot_composition
+    """The main job on the embedded default: build the demo stream, train every method, write the leaderboard."""
+    import json
+    import time
+
+    from strcvit_bench.methods.registry import get_method
+    from strcvit_bench.reports import leaderboard as lb
     from strcvit_bench.streams.builder import build_stream
     from strcvit_bench.streams.spec import load_spec
+    from strcvit_bench.training.config import RunConfig
+    from strcvit_bench.training.runner import run
 
+    started = time.perf_counter()
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    for name in names:
+        get_method(name)
+    _quiet_transformers()
     spec_path = Path(__file__).resolve().parent.parent / "stream_specs" / "demo.yaml"
     if not spec_path.is_file():
         raise StrcvitError(f"the demo spec {spec_path} is missing; run the demo from a checkout of strcvit-bench")
     spec = load_spec(spec_path)
     stream_dir = out / "stream"
-    with progress_bar("building the demo stream") as update:
-        manifest = build_stream(spec, stream_dir, base_dir=spec_path.parent, overwrite=overwrite, progress=update)
-    names = [t["name"] for t in manifest["tasks"]]
-    plot = plot_composition(names, [c["counts"] for c in manifest["chunks"]], out / "composition.png",
-                            title="demo: chunk composition")
-    say(f"demo stream: {stream_dir} (fingerprint {manifest['fingerprint'][:12]}…)")
-    say(f"composition plot: {plot}")
+    manifest_path = stream_dir / "manifest.json"
+    same = manifest_path.is_file() and json.loads(manifest_path.read_text()).get("spec") == spec.model_dump(mode="json")
+    if rebuild or not same:
+        with progress_bar("building the demo stream") as update:
+            build_stream(spec, stream_dir, base_dir=spec_path.parent, overwrite=True, progress=update)
+    say(f"demo stream: {stream_dir}")
+    run_dirs = []
+    jobs = [(m, s) for m in names for s in range(seeds)]
+    for k, (method, seed) in enumerate(jobs):
+        run_dir = out / "runs" / f"{method}-s{seed}"
+        run_dirs.append(run_dir)
+        results_path = run_dir / "results.json"
+        if results_path.is_file() and json.loads(results_path.read_text()).get("complete"):
+            say(f"[{k + 1}/{len(jobs)}] {method} seed {seed}: already complete, kept")
+            continue
+        config = RunConfig(stream=str(stream_dir), method=method, seed=seed, out=str(run_dir), eval_limit=eval_limit)
+        with progress_bar(f"[{k + 1}/{len(jobs)}] {method} seed {seed}") as update:
+            results = run(config, resume=(run_dir / "run_config.json").is_file(), progress=update)
+        m = results["metrics"]
+        say(f"    final avg {m['final_average_accuracy']:.1f}  mean avg {m['mean_average_accuracy']:.1f}  "
+            f"BWT {m['bwt']:.1f}  forgetting {m['forgetting']:.1f}")
+    target = leaderboard or out / "leaderboard"
+    command = "strcvit demo" + (f" --seeds {seeds}" if seeds != 1 else "") + (
+        f" --leaderboard {leaderboard}" if leaderboard else "")
+    lb.update(run_dirs, target, command)
+    typer.echo((target / "leaderboard.md").read_text())
+    say(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min")
+    console.print(f"leaderboard: {(target / 'index.html').resolve()}")
+
+
+@app.command("leaderboard")
+@handles_errors
+def leaderboard_cmd(
+    run_dirs: list[Path] = typer.Argument(None, help="Run directories to add (none: just regenerate)."),
+    out: Path = typer.Option(Path("leaderboard"), "--out", "-o", help="Leaderboard directory."),
+) -> None:
+    """Add runs to a leaderboard and write leaderboard.md/.csv, plots and a static index.html."""
+    from strcvit_bench.reports import leaderboard as lb
+
+    command = "strcvit leaderboard " + " ".join(str(p) for p in run_dirs or []) + f" --out {out}"
+    summary = lb.update(list(run_dirs or []), out, command)
+    typer.echo((out / "leaderboard.md").read_text())
+    say(f"{summary['runs']} runs in {summary['groups']} groups; page: {(out / 'index.html').resolve()}")
 
 
 @app.command("methods")

@@ -191,7 +191,8 @@ class Run:
             "model": cfg.model,
             "model_info": {k: v for k, v in bundle.info.items() if k != "cache"},
             "stream": {"name": stream.name, "fingerprint": stream.fingerprint, "path": str(stream.path),
-                       "num_chunks": stream.num_chunks, "chunk_size": stream.manifest["chunk_size"]},
+                       "num_chunks": stream.num_chunks, "chunk_size": stream.manifest["chunk_size"],
+                       "composition": stream.composition()},
             "seed": cfg.seed,
             "tasks": [{"name": t["name"], "family": t["family"], "metric": t["metric"], "first_seen": s}
                       for t, s in zip(stream.manifest["tasks"], first_seen, strict=True)],
