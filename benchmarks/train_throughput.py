@@ -1,8 +1,8 @@
 """Training throughput per method on the tiny model, and our LoRA layer against peft's.
 
-1. For each method: train one demo-sized chunk (300 rows of the demo stream's chunk 2, three
-   task families) from the same pre-trained tiny base; samples/s and step time relative to
-   `lora`, peak RSS of the process.
+1. For each method: train one demo chunk (chunk 2 of the demo stream, three task families)
+   from the same pre-trained tiny base; samples/s and step time relative to `lora`, peak RSS
+   of the process.
 2. Our `LoRALinear` against peft's LoRA on the same tiny model, same target layers, rank, batch
    and optimiser: median step time over repeated steps, interleaved so both see the same
    machine state.
@@ -117,13 +117,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stream", type=Path, default=ROOT / "runs" / "demo" / "stream")
     ap.add_argument("--methods", default=",".join(methods()))
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.manual_seed(0)
     stream = open_stream(args.stream)
     rows = method_throughput(stream, args.methods.split(","), 2, args.batch_size)
-    print(f"training one chunk of {stream.name} (300 rows, batch {args.batch_size}), {torch.get_num_threads()} threads")
+    n = stream.manifest["chunks"][2]["size"]
+    print(f"training chunk 2 of {stream.name} ({n} rows, batch {args.batch_size}), {torch.get_num_threads()} threads")
     print(f"{'method':<10}{'samples/s':>11}{'step ms':>9}{'vs lora':>9}{'trainable':>11}{'peak RSS MiB':>14}")
     for r in rows:
         print(f"{r['method']:<10}{r['samples_per_s']:>11.1f}{1000 * r['step_s']:>9.1f}{r['step_vs_lora']:>9.2f}"
