@@ -54,16 +54,17 @@ def method_throughput(stream, names: list[str], chunk: int, batch_size: int) -> 
         ctx = MethodContext(bundle=bundle, seed=0, num_chunks=stream.num_chunks,
                             chunk_size=int(stream.manifest["chunk_size"]), task_ids_visible=False,
                             lookup_rows=store.lookup, batch_loss=lambda *a, **k: None)
-        cls = get_method(name)
-        method = cls(parse_options(cls, {}), ctx)
+        base_name, _, opts = name.partition(":")  # e.g. strlora:router_dim=16
+        cls = get_method(base_name)
+        method = cls(parse_options(cls, [o for o in opts.split(";") if o]), ctx)
         ctx.batch_loss = functools.partial(batch_loss, bundle, method)
         params = method.setup()
-        if name == "replay":  # a warm buffer, as mid-stream
+        if base_name == "replay":  # a warm buffer, as mid-stream
             for r in store.chunk(0)[: method.reservoir.capacity]:
                 method.reservoir.add(r["id"], __import__("random").Random(0))
-        if name == "ewc":  # a penalty in force, as from the second chunk on
+        if base_name == "ewc":  # a penalty in force, as from the second chunk on
             method.after_chunk(0, store.chunk(0))
-        cfg = RunConfig(stream=str(stream.path), method=name, batch_size=batch_size)
+        cfg = RunConfig(stream=str(stream.path), method=base_name, batch_size=batch_size)
         stats = train_chunk(bundle, method, params, 1, rows, cfg)
         out.append({"method": name, "samples_per_s": stats["train_samples_per_s"],
                     "step_s": stats["train_seconds"] / stats["steps"],
@@ -116,7 +117,8 @@ def ours_vs_peft(stream, batch_size: int, steps: int = 30) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stream", type=Path, default=ROOT / "runs" / "demo" / "stream")
-    ap.add_argument("--methods", default=",".join(methods()))
+    ap.add_argument("--methods", default=",".join([*methods(), "strlora:router_dim=16", "strlora:stability=false"]),
+                    help="comma-separated; options after ':' separated by ';' (strlora:router_dim=16)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -125,9 +127,9 @@ def main() -> None:
     rows = method_throughput(stream, args.methods.split(","), 2, args.batch_size)
     n = stream.manifest["chunks"][2]["size"]
     print(f"training chunk 2 of {stream.name} ({n} rows, batch {args.batch_size}), {torch.get_num_threads()} threads")
-    print(f"{'method':<10}{'samples/s':>11}{'step ms':>9}{'vs lora':>9}{'trainable':>11}{'peak RSS MiB':>14}")
+    print(f"{'method':<26}{'samples/s':>11}{'step ms':>9}{'vs lora':>9}{'trainable':>11}{'peak RSS MiB':>14}")
     for r in rows:
-        print(f"{r['method']:<10}{r['samples_per_s']:>11.1f}{1000 * r['step_s']:>9.1f}{r['step_vs_lora']:>9.2f}"
+        print(f"{r['method']:<26}{r['samples_per_s']:>11.1f}{1000 * r['step_s']:>9.1f}{r['step_vs_lora']:>9.2f}"
               f"{r['trainable_params']:>11,}{r['peak_rss_mib']:>14.0f}")
     cmp = ours_vs_peft(stream, args.batch_size)
     print(f"\nLoRA layer, same model/batch/rank (median step): ours {cmp['ours_step_ms']:.1f} ms, "

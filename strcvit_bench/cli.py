@@ -48,7 +48,7 @@ def handles_errors(fn: F) -> F:
 
 def say(*objects: Any) -> None:
     if not _state["quiet"]:
-        console.print(*objects)
+        console.print(*objects, soft_wrap=True)
 
 
 @contextmanager
@@ -156,6 +156,10 @@ def demo_cmd(
     leaderboard: Path = typer.Option(None, "--leaderboard", help="Leaderboard directory (default OUT/leaderboard)."),
     eval_limit: int = typer.Option(None, "--eval-limit", min=1, help="Score at most N test rows per task."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the demo stream even if present."),
+    num_chunks: int = typer.Option(None, "--num-chunks", min=1, help="Smaller demo: fewer chunks."),
+    chunk_size: int = typer.Option(None, "--chunk-size", min=1, help="Smaller demo: smaller chunks."),
+    pretrain_samples: int = typer.Option(None, "--pretrain-samples", min=0,
+                                         help="Smaller demo: a shorter pre-training of the tiny base."),
 ) -> None:
     """The main job on the embedded default: build the demo stream, train every method, write the leaderboard."""
     import json
@@ -176,7 +180,7 @@ def demo_cmd(
     spec_path = Path(__file__).resolve().parent.parent / "stream_specs" / "demo.yaml"
     if not spec_path.is_file():
         raise StrcvitError(f"the demo spec {spec_path} is missing; run the demo from a checkout of strcvit-bench")
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, num_chunks=num_chunks, chunk_size=chunk_size)
     stream_dir = out / "stream"
     manifest_path = stream_dir / "manifest.json"
     same = manifest_path.is_file() and json.loads(manifest_path.read_text()).get("spec") == spec.model_dump(mode="json")
@@ -193,7 +197,8 @@ def demo_cmd(
         if results_path.is_file() and json.loads(results_path.read_text()).get("complete"):
             say(f"[{k + 1}/{len(jobs)}] {method} seed {seed}: already complete, kept")
             continue
-        config = RunConfig(stream=str(stream_dir), method=method, seed=seed, out=str(run_dir), eval_limit=eval_limit)
+        config = RunConfig(stream=str(stream_dir), method=method, seed=seed, out=str(run_dir), eval_limit=eval_limit,
+                           pretrain_samples=pretrain_samples)
         with progress_bar(f"[{k + 1}/{len(jobs)}] {method} seed {seed}") as update:
             results = run(config, resume=(run_dir / "run_config.json").is_file(), progress=update)
         m = results["metrics"]
@@ -205,7 +210,7 @@ def demo_cmd(
     lb.update(run_dirs, target, command)
     typer.echo((target / "leaderboard.md").read_text())
     say(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min")
-    console.print(f"leaderboard: {(target / 'index.html').resolve()}")
+    typer.echo(f"leaderboard: {(target / 'index.html').resolve()}")  # unwrapped: a path to copy
 
 
 @app.command("leaderboard")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from strcvit_bench.cli import app
@@ -81,8 +82,27 @@ def test_strcvit_spec_reproduces_the_papers_composition():
     assert all("places365" not in c for c in counts[11:])
 
 
-def test_demo_builds_the_demo_stream(tmp_path):
+def test_small_demo_runs_every_method_and_writes_the_leaderboard(tmp_path, monkeypatch):
+    """The demo's whole path on a shrunk demo stream (the full demo: `pytest -m slow`)."""
+    monkeypatch.setenv("STRCVIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--num-chunks", "2", "--chunk-size", "16", "--pretrain-samples", "32",
+            "--eval-limit", "4"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    check_invariants(out / "stream")
+    for method in ("lora", "replay", "ewc", "moelora", "smolora", "strlora"):
+        assert json.loads((out / "runs" / f"{method}-s0" / "results.json").read_text())["complete"]
+        assert f"| {method} | 1 |" in (out / "leaderboard" / "leaderboard.md").read_text()
+    assert (out / "leaderboard" / "index.html").is_file() and "index.html" in result.output
+    again = runner.invoke(app, args)  # finished runs are kept, not redone
+    assert again.exit_code == 0 and again.output.count("already complete") == 6
+
+
+@pytest.mark.slow
+def test_full_demo(tmp_path):
+    """The README's main command as a user runs it (about 14 minutes on a 2-core CPU)."""
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
-    check_invariants(tmp_path / "demo" / "stream")
-    assert (tmp_path / "demo" / "composition.png").is_file()
+    lb = (tmp_path / "demo" / "leaderboard" / "leaderboard.md").read_text()
+    assert all(f"| {m} | 1 |" in lb for m in ("lora", "replay", "ewc", "moelora", "smolora", "strlora"))

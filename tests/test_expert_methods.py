@@ -249,3 +249,15 @@ def test_strlora_stage1_selection_depends_only_on_the_instruction(tmp_path, monk
     changed = [selections(q, (255, 0, 0)) for q in ("What is written in the image?", "Is there a road?",
                                                     "Which bar is the largest?", "What color is the circle?")]
     assert any(not torch.equal(a, b) for sel in changed for a, b in zip(base, sel, strict=True))
+
+
+def test_weight_only_grad_matches_recomputing_with_a_detached_input():
+    x = torch.randn(2, 3, 5, requires_grad=True)
+    W = torch.randn(4, 5, requires_grad=True)
+    q = x @ W.t()
+    g = torch.randn(2, 3, 4)
+    (routing.WeightOnlyGrad.apply(q.detach(), x.detach(), W) * g).sum().backward()
+    fast = W.grad.clone()
+    W.grad = None
+    ((x.detach() @ W.t()) * g).sum().backward()
+    assert torch.allclose(fast, W.grad) and x.grad is None

@@ -32,7 +32,9 @@ class ExpertMethod(Method):
     """Base of MoELoRA, SMoLoRA and StrLoRA: routing statistics over all expert layers."""
 
     def expert_layers(self) -> list[ExpertLoRA]:
-        return [m for _, m in self.adapters(ExpertLoRA)]  # type: ignore[misc]
+        if getattr(self, "_expert_layers", None) is None:  # walked once, used for every batch
+            self._expert_layers = [m for _, m in self.adapters(ExpertLoRA)]
+        return self._expert_layers  # type: ignore[return-value]
 
     def routing_reset(self) -> None:
         for layer in self.expert_layers():

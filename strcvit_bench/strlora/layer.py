@@ -63,8 +63,10 @@ class StrLoRALinear(ExpertLoRA):
         self.last_selection = mask
         t = self.t.to(x.dtype)  # type: ignore[union-attr]
         mask3 = mask.unsqueeze(1)                                                  # (B, 1, E)
+        q = None
         if self.token_weights:
-            logits = routing.stage2_logits(x, t, self.router_Wq, self.router_Wk, self.router_P)
+            q = x @ self.router_Wq.t()
+            logits = routing.logits_from_query(q, t, self.router_Wk, self.router_P)
             p = routing.masked_softmax(logits, mask3, self.tau)                    # (B, L, E)
             choice = routing.top1_straight_through(p)
         else:  # ablation: the stage-1 gates weight every token of the sample
@@ -80,11 +82,12 @@ class StrLoRALinear(ExpertLoRA):
             if x.shape[1] > 1:
                 self.record_selection(mask.float())
         self.kl = None
-        if self.stability_active and self.training and self.token_weights:
+        if self.stability_active and self.training and q is not None:
             xd = x.detach()
             with torch.no_grad():
                 teacher = routing.stage2_logits(xd, t, self.ema_Wq, self.ema_Wk, self.ema_P)
-            student = routing.stage2_logits(xd, t, self.router_Wq, self.router_Wk, self.router_P)
+            q_router_only = routing.WeightOnlyGrad.apply(q.detach(), xd, self.router_Wq)
+            student = routing.logits_from_query(q_router_only, t, self.router_Wk, self.router_P)
             kl = routing.stability_kl(teacher, student, mask3.detach(), self.tau)  # (B, L)
             if token_mask is not None:
                 m = token_mask.to(kl.dtype)

@@ -55,7 +55,9 @@ class StrLoRA(ExpertMethod):
                    o.task_select, o.token_weights, o.stage1_grad, o.tau))
 
     def layers(self) -> list[StrLoRALinear]:
-        return [m for _, m in self.adapters(StrLoRALinear)]  # type: ignore[misc]
+        if getattr(self, "_layers", None) is None:  # walked once: this runs for every batch and step
+            self._layers = [m for _, m in self.adapters(StrLoRALinear)]
+        return self._layers  # type: ignore[return-value]
 
     def before_chunk(self, index: int, rows: Rows) -> None:
         o = self.options

@@ -39,10 +39,33 @@ def stage2_logits(x: torch.Tensor, t: torch.Tensor, W_q: torch.Tensor, W_k: torc
 
     x: (B, L, d_in), t: (B, d); returns (B, L, E). LN has no affine parameters.
     """
-    q = x @ W_q.t()                                         # (B, L, D)
+    return logits_from_query(x @ W_q.t(), t, W_k, prototypes)
+
+
+def logits_from_query(q: torch.Tensor, t: torch.Tensor, W_k: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Stage-2 logits from an already projected query q = W_q x (B, L, D)."""
     k = F.layer_norm(t, t.shape[-1:]) @ W_k.t()             # (B, D)
     p_hat = F.normalize(prototypes, dim=-1)                 # (E, D)
-    return ((q * k.unsqueeze(1)) @ p_hat.t()) / math.sqrt(W_q.shape[0])
+    return ((q * k.unsqueeze(1)) @ p_hat.t()) / math.sqrt(q.shape[-1])
+
+
+class WeightOnlyGrad(torch.autograd.Function):
+    """The value of an already computed q = x Wᵀ whose gradient reaches W only, never x.
+
+    The stability loss must train the router without touching its inputs; recomputing
+    x.detach() Wᵀ would cost another (B·L × d × D) matmul per layer, this costs none.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return q.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        grad_w = grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+        return None, None, grad_w
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, tau: float = 1.0) -> torch.Tensor:

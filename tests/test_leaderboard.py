@@ -1,0 +1,135 @@
+"""The leaderboard from hand-made results: grouping, seed aggregation, incomplete runs,
+separate tables per stream/model, incremental and concurrent updates, and the HTML page."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from strcvit_bench.cli import app
+from strcvit_bench.evaluation.metrics import all_metrics
+from strcvit_bench.reports import leaderboard as lb
+
+TASKS = [{"name": "a", "family": "vqa", "metric": "exact_match", "first_seen": 0},
+         {"name": "b", "family": "ocr", "metric": "anls", "first_seen": 1}]
+
+
+def fake_run(root: Path, method: str, seed: int, R: list[list[float]], stream: str = "s1", complete: bool = True,
+             options: dict | None = None) -> Path:
+    run = root / f"{stream}-{method}-{seed}-{len(R)}-{json.dumps(options or {}, sort_keys=True)}".replace('"', "")
+    run.mkdir(parents=True)
+    first = [t["first_seen"] for t in TASKS]
+    results = {
+        "schema_version": 1, "method": method, "method_options": options or {}, "model": "tiny", "seed": seed,
+        "stream": {"name": stream, "fingerprint": (stream * 20)[:64], "num_chunks": 3,
+                   "composition": [{"a": 10}, {"a": 5, "b": 5}, {"b": 10}]},
+        "tasks": TASKS, "accuracy_matrix": R, "base_scores": [0.0, 0.0],
+        "metrics": all_metrics(R, first, [0.0, 0.0]), "complete": complete, "completed_chunks": len(R),
+        "trainable_params": 1234, "timings": {"train_seconds": 10.0 + seed}, "env": {"commit": "abc"},
+    }
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def test_groups_aggregate_seeds_and_keep_streams_and_incomplete_runs_apart(tmp_path):
+    runs = [
+        fake_run(tmp_path, "lora", 0, [[50, 0], [20, 60], [10, 80]]),
+        fake_run(tmp_path, "lora", 1, [[40, 0], [30, 50], [20, 70]]),
+        fake_run(tmp_path, "replay", 0, [[50, 0], [45, 60], [40, 75]]),
+        fake_run(tmp_path, "replay", 1, [[50, 0], [45, 60]], complete=False),
+        fake_run(tmp_path, "lora", 0, [[10, 0], [10, 10], [10, 10]], stream="s2"),
+        fake_run(tmp_path, "strlora", 0, [[50, 0], [45, 60], [40, 75]], options={"stability": False}),
+    ]
+    out = tmp_path / "lb"
+    summary = lb.update(runs, out, "test")
+    assert summary == {"groups": 4, "runs": 6}
+    md = (out / "leaderboard.md").read_text()
+    assert md.count("## stream") == 2  # s1 and s2 never share a table
+    s1 = md.split("## stream")[1]
+    lora_row = next(line for line in s1.splitlines() if line.startswith("| lora |"))
+    finals = [statistics.fmean([10, 80]), statistics.fmean([20, 70])]  # 45, 45
+    assert f"| lora | 2 | {statistics.fmean(finals):.2f} ± {statistics.stdev(finals):.2f} |" in lora_row
+    replay_row = next(line for line in s1.splitlines() if line.startswith("| replay |"))
+    assert replay_row.startswith("| replay | 1 | 57.50 |")  # the incomplete seed is not averaged in
+    assert "replay, seed 1: 2/3 chunks" in s1
+    assert "| strlora[stability=false] | 1 |" in s1  # an ablation is its own row
+    rows = list(csv_rows(out))
+    assert {(r["stream"], r["method"], r["n"]) for r in rows} == {
+        ("s1", "lora", "2"), ("s1", "replay", "1"), ("s1", "strlora[stability=false]", "1"), ("s2", "lora", "1")}
+    for kind in ("accuracy", "forgetting", "curves"):
+        assert (out / "plots" / f"s1__tiny__lora__{kind}.png").read_bytes()[:4] == b"\x89PNG"
+    html = (out / "index.html").read_text()
+    assert html.count("<table class='leaderboard'>") == 2 and "http" not in html.split("<body>")[1].split("<script>")[0]
+
+
+def csv_rows(out: Path):
+    import csv
+
+    with open(out / "leaderboard.csv") as f:
+        yield from csv.DictReader(f)
+
+
+def test_adding_runs_is_incremental(tmp_path):
+    out = tmp_path / "lb"
+    lb.update([fake_run(tmp_path, "lora", 0, [[50, 0], [20, 60], [10, 80]])], out, "x")
+    lb.update([fake_run(tmp_path, "ewc", 0, [[50, 0], [30, 60], [25, 80]])], out, "x")
+    methods = {r["method"] for r in csv_rows(out)}
+    assert methods == {"lora", "ewc"}
+    # the same stream/model/method/seed again replaces, not duplicates
+    lb.update([fake_run(tmp_path / "again", "ewc", 0, [[0, 0], [0, 0], [0, 0]])], out, "x")
+    ewc = next(r for r in csv_rows(out) if r["method"] == "ewc")
+    assert ewc["n"] == "1" and float(ewc["final_average_accuracy_mean"]) == 0.0
+
+
+def _add(args):
+    run, out = args
+    lb.update([Path(run)], Path(out), "concurrent")
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    runs = [fake_run(tmp_path, m, s, [[50, 0], [20, 60], [10, 80]]) for m in ("lora", "ewc") for s in range(3)]
+    out = tmp_path / "lb"
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        pool.map(_add, [(str(r), str(out)) for r in runs])
+    rows = {r["method"]: r["n"] for r in csv_rows(out)}
+    assert rows == {"lora": "3", "ewc": "3"}
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_cli_leaderboard_errors(tmp_path):
+    r = CliRunner().invoke(app, ["leaderboard", str(tmp_path / "nope"), "--out", str(tmp_path / "lb")])
+    assert r.exit_code == 2 and "no results.json" in r.output
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed here (.ci/run installs it)")
+def test_index_html_renders_in_headless_chromium(tmp_path):
+    runs = [fake_run(tmp_path, m, 0, [[50, 0], [20, 60], [10, 80]]) for m in ("lora", "replay", "ewc")]
+    out = tmp_path / "lb"
+    lb.update(runs, out, "x")
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    page = (out / "index.html").resolve().as_uri()
+    dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count("<tr>") == 1 + 3  # header + one row per method
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert console == [], console
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,900", page], capture_output=True,
+                   timeout=120, check=True)
+    from PIL import Image
+
+    im = Image.open(shot).convert("L")
+    lo, hi = im.getextrema()
+    assert shot.stat().st_size > 5000 and hi - lo > 100  # text and a table, not a blank page
