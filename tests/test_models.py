@@ -98,3 +98,31 @@ def test_run_cli_on_a_hf_model_path(tmp_path, tiny_stream):
     res = json.loads((out / "results.json").read_text())
     assert res["model"] == str(path) and res["model_info"]["model_type"] == "qwen2_vl"
     assert res["completed_chunks"] == 1 and res["complete"] is False
+
+
+@pytest.mark.parametrize("method", ["moelora", "smolora", "strlora"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_expert_methods_on_hf_families(tmp_path, family, method):
+    from strcvit_bench.methods.registry import get_method, parse_options
+
+    bundle = load_hf(str(FAMILIES[family](tmp_path / family)))
+    ctx = MethodContext(bundle=bundle, seed=0, num_chunks=2, chunk_size=2, task_ids_visible=False,
+                        lookup_rows=lambda ids: [], batch_loss=lambda *a, **k: None)
+    cls = get_method(method)
+    m = cls(parse_options(cls, {}), ctx)
+    params = m.setup()
+    m.before_chunk(1, ROWS)  # StrLoRA: the stability loss is on from the second chunk
+    bundle.model.train()
+    batch = bundle.encoder.train_batch(ROWS)
+    m.before_forward(batch, ROWS)
+    loss = m.loss(bundle.model(**model_inputs(batch)).loss, batch)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in params.items() if "lora_B" in n)
+    bundle.model.eval()
+    m.routing_reset()
+    prompts = bundle.encoder.prompt_batch(ROWS)
+    m.before_forward(prompts, ROWS)
+    out = bundle.model.generate(**model_inputs(prompts), max_new_tokens=2, do_sample=False)
+    assert out.shape[0] == 2
+    summary = m.routing_summary()
+    assert summary is not None and abs(sum(summary["mean_weight"]) - 1) < 1e-3

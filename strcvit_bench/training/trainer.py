@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from strcvit_bench.errors import StrcvitError
 from strcvit_bench.methods.base import Method, Rows
 from strcvit_bench.models.base import ModelBundle, model_inputs
 from strcvit_bench.seeding import derive_rng, derive_seed
@@ -55,10 +56,15 @@ def train_chunk(bundle: ModelBundle, method: Method, params: dict[str, torch.nn.
                                          derive_rng(config.seed, "batches", index, epoch)):
             batch = bundle.encoder.train_batch(batch_rows)
             batch = {k: v.to(device) for k, v in batch.items()}
-            method.before_forward(batch, batch_rows)
-            task_loss = model(**model_inputs(batch)).loss
-            loss = method.loss(task_loss, batch)
-            loss.backward()
+            try:
+                method.before_forward(batch, batch_rows)
+                task_loss = model(**model_inputs(batch)).loss
+                loss = method.loss(task_loss, batch)
+                loss.backward()
+            except torch.OutOfMemoryError:
+                raise StrcvitError(
+                    f"out of memory training chunk {index} with batches of {len(batch_rows)} rows on {device}; "
+                    f"lower --batch-size (the run resumes from its last finished chunk with --resume)") from None
             torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
             opt.step()
             sched.step()
