@@ -11,40 +11,23 @@ Routing statistics (mean weight and selection count per expert) accumulate while
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from strcvit_bench.adapters.lora import LoRALinear
 
-class ExpertLoRA(nn.Module):
+
+class ExpertLoRA(LoRALinear):
+    """A LoRA of rank E × rank_per_expert whose rank blocks are the experts (A's init bound
+    depends only on the input width, so each block is initialised like a LoRA of its own)."""
+
     def __init__(self, base: nn.Linear, experts: int, rank_per_expert: int, alpha: float, dropout: float,
                  init_std: float | None = None):
-        super().__init__()
-        self.base = base
+        super().__init__(base, experts * rank_per_expert, alpha, dropout, init_std)
         self.experts = experts
         self.rank_per_expert = rank_per_expert
-        self.scale = alpha / (experts * rank_per_expert)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        like = {"dtype": base.weight.dtype, "device": base.weight.device}
-        self.lora_A = nn.Parameter(torch.empty(experts * rank_per_expert, base.in_features, **like))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, experts * rank_per_expert, **like))
-        if init_std is None:
-            for e in range(experts):  # each expert initialised like a LoRA A of its own
-                block = self.lora_A.data[e * rank_per_expert:(e + 1) * rank_per_expert]
-                nn.init.kaiming_uniform_(block, a=math.sqrt(5))
-        else:
-            nn.init.normal_(self.lora_A, std=init_std)
         self.recording = False
         self.reset_stats()
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def expert_delta(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """(α/r) Σ_e w_e B_e A_e drop(x); `weights` broadcasts to x's leading shape + (E,)."""

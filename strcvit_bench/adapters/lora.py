@@ -14,7 +14,10 @@ from torch import nn
 
 
 class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0, dropout: float = 0.05):
+    """Also the base of the expert banks: the same A, B, scale and dropout, split into experts."""
+
+    def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+                 init_std: float | None = None):
         super().__init__()
         self.base = base
         self.r = r
@@ -23,7 +26,10 @@ class LoRALinear(nn.Module):
         like = {"dtype": base.weight.dtype, "device": base.weight.device}
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **like))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **like))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's default for A
+        if init_std is None:
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's default for A
+        else:
+            nn.init.normal_(self.lora_A, std=init_std)
 
     @property
     def in_features(self) -> int:
