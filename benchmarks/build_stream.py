@@ -75,7 +75,10 @@ def main() -> None:
     args = ap.parse_args()
     big = ROOT / "stream_specs" / "long_recurrence.yaml"
     size = 500 if args.quick else 2000
-    cases = [("demo (8 x 300)", ROOT / "stream_specs" / "demo.yaml", 0, 0),
+    from strcvit_bench.streams.spec import load_spec
+
+    demo = load_spec(ROOT / "stream_specs" / "demo.yaml")
+    cases = [(f"demo ({demo.num_chunks} x {demo.chunk_size})", ROOT / "stream_specs" / "demo.yaml", 0, 0),
              (f"builtin 5 x {size}", big, 5, size),
              (f"builtin 20 x {size}", big, 20, size)]
     results = []
