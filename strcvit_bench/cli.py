@@ -86,7 +86,7 @@ def _quiet_transformers() -> None:
 @app.command("build-stream")
 @handles_errors
 def build_stream_cmd(
-    spec: Path = typer.Argument(..., help="Stream spec YAML (see stream_specs/)."),
+    spec: Path = typer.Argument(None, help="Stream spec YAML (see stream_specs/)."),
     out: Path = typer.Option(None, "--out", "-o", help="Output directory (default: streams/<name>)."),
     seed: int = typer.Option(None, help="Override the spec's seed."),
     num_chunks: int = typer.Option(None, "--num-chunks", min=1, help="Override the number of chunks."),
@@ -95,10 +95,24 @@ def build_stream_cmd(
     strict: bool = typer.Option(False, "--strict", help="Fail on a corrupt image instead of skipping it."),
     workers: int = typer.Option(None, "--workers", min=0, help="Processes drawing builtin rows "
                                 "(default: CPU count; the output does not depend on it)."),
+    from_hub: str = typer.Option(None, "--from-hub", help="Read a published stream (OWNER/NAME or a local "
+                                                          "clone) instead of building one; verifies it."),
+    revision: str = typer.Option(None, "--revision", help="With --from-hub: the Hub revision."),
 ) -> None:
-    """Build a stream directory (Hub-loadable parquet + manifest) from a YAML spec."""
+    """Build a stream directory (Hub-loadable parquet + manifest) from a YAML spec, or fetch a published one."""
     from strcvit_bench.streams.builder import build_stream
     from strcvit_bench.streams.spec import load_spec
+
+    if (spec is None) == (from_hub is None):
+        raise StrcvitError("give a spec file or --from-hub OWNER/NAME (one of the two)")
+    if from_hub is not None:
+        from strcvit_bench.share.publish import fetch
+
+        target = out or Path("streams") / from_hub.rstrip("/").split("/")[-1]
+        stream = fetch(from_hub, target, revision=revision, overwrite=overwrite)
+        say(f"fetched {stream.name} into {target}: fingerprint verified against the files")
+        console.print(f"fingerprint {stream.fingerprint}")
+        return
 
     parsed = load_spec(spec, seed=seed, num_chunks=num_chunks, chunk_size=chunk_size)
     out = out or Path("streams") / parsed.name
@@ -111,6 +125,36 @@ def build_stream_cmd(
     if manifest["dropped"]:
         say(f"dropped rows: {manifest['dropped']}")
     console.print(f"fingerprint {manifest['fingerprint']}")
+
+
+@app.command("publish")
+@handles_errors
+def publish_cmd(
+    stream_dir: Path = typer.Argument(..., help="A built stream directory."),
+    repo: str = typer.Option(..., "--repo", help="Hub dataset repo, OWNER/NAME."),
+    private: bool = typer.Option(False, "--private"),
+    revision: str = typer.Option(None, "--revision", help="Branch to upload to."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only write the folder that would be uploaded."),
+    folder: Path = typer.Option(None, "--folder", help="Where to assemble the upload (default STREAM_DIR.publish)."),
+) -> None:
+    """Publish a stream to the Hugging Face Hub (fingerprint and licences checked, card completed)."""
+    from strcvit_bench.share.publish import folder_listing, prepare, publish
+
+    target = folder or stream_dir.with_name(stream_dir.name + ".publish")
+    if dry_run:
+        prepare(stream_dir, target)
+        table = Table(title=f"would upload to {repo} (dataset{', private' if private else ''})")
+        table.add_column("file")
+        table.add_column("bytes", justify="right")
+        files = folder_listing(target)
+        for name, size in files:
+            table.add_row(name, f"{size:,}")
+        table.add_row("total", f"{sum(s for _, s in files):,}")
+        console.print(table)
+        typer.echo(f"folder: {target}")
+        return
+    info = publish(stream_dir, repo, folder=target, private=private, revision=revision)
+    say(f"published {stream_dir} to https://huggingface.co/datasets/{repo} ({getattr(info, 'oid', '')})")
 
 
 @app.command("inspect")

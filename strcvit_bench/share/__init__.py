@@ -1,0 +1,1 @@
+"""Sharing: publishing streams to the Hugging Face Hub and reading them back."""
