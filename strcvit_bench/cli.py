@@ -157,6 +157,28 @@ def publish_cmd(
     say(f"published {stream_dir} to https://huggingface.co/datasets/{repo} ({getattr(info, 'oid', '')})")
 
 
+@app.command("export-lm-eval")
+@handles_errors
+def export_lm_eval_cmd(
+    stream_dir: Path = typer.Argument(..., help="A built stream directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the task YAMLs (lm_eval --include_path)."),
+    per_chunk: bool = typer.Option(False, "--per-chunk", help="Also one task per chunk's training rows."),
+) -> None:
+    """Write lm-eval tasks (one per test set, tag = stream name) scored by our metric functions."""
+    from strcvit_bench.share.lmeval import export_tasks
+
+    names = export_tasks(stream_dir, out, per_chunk=per_chunk)
+    say(f"{len(names)} tasks in {out}: {', '.join(names)}")
+    typer.echo(f"python -m strcvit_bench.share.lmeval_cli --model strcvit --model_args run=RUNDIR,chunk=K "
+               f"--include_path {out} --tasks {open_stream_name(stream_dir)}")
+
+
+def open_stream_name(stream_dir: Path) -> str:
+    from strcvit_bench.streams.stream import open_stream
+
+    return open_stream(stream_dir).name
+
+
 @app.command("inspect")
 @handles_errors
 def inspect_cmd(

@@ -1,0 +1,49 @@
+"""lm-eval integration: our tasks and our checkpoints through lm-eval's own evaluator, and
+agreement with the runner's in-loop scores for the same checkpoint and test set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from strcvit_bench.cli import app
+
+lm_eval = pytest.importorskip("lm_eval")
+runner = CliRunner()
+FAST = ["--pretrain-samples", "1024", "--lr", "0.02", "--batch-size", "8", "--epochs-per-chunk", "2"]
+
+
+@pytest.fixture(autouse=True)
+def _model_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("STRCVIT_CACHE", str(tmp_path_factory.getbasetemp() / "model-cache"))
+
+
+def test_lm_eval_scores_equal_the_runners(tmp_path, tiny_stream):
+    run_dir = tmp_path / "run"
+    r = runner.invoke(app, ["--quiet", "run", "--stream", str(tiny_stream), "--method", "strlora", "--out",
+                            str(run_dir), "--max-chunks", "2", *FAST])
+    assert r.exit_code == 0, r.output
+    tasks_dir = tmp_path / "tasks"
+    r = runner.invoke(app, ["export-lm-eval", str(tiny_stream), "--out", str(tasks_dir), "--per-chunk"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tasks_dir.glob("*.yaml")) == [
+        "tiny_aerial.yaml", "tiny_chunk_000.yaml", "tiny_chunk_001.yaml", "tiny_chunk_002.yaml", "tiny_shapes.yaml",
+        "tiny_text.yaml"]
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from strcvit_bench.share.lmeval import strcvit_lm
+
+    model = strcvit_lm()(run=str(run_dir), chunk=1)
+    out = simple_evaluate(model=model, tasks=["tiny"],
+                          task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False))
+    results = json.loads((run_dir / "results.json").read_text())
+    in_loop = dict(zip([t["name"] for t in results["tasks"]], results["accuracy_matrix"][1], strict=True))
+    for task, score in in_loop.items():
+        assert out["results"][f"tiny_{task}"]["score,none"] * 100 == pytest.approx(score, abs=1e-9)
+    assert any(score > 0 for score in in_loop.values())  # the comparison is not 0 == 0 everywhere
+    chunk = simple_evaluate(model=model, tasks=["tiny_chunk_000"], limit=6,
+                            task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False))
+    assert 0.0 <= chunk["results"]["tiny_chunk_000"]["score,none"] <= 1.0
