@@ -71,6 +71,7 @@ def test_run_end_to_end(tmp_path, tiny_stream, method):
         per_task = routing["points"]["chunk_002"]
         assert set(per_task) == {"shapes", "text", "aerial"}
         assert all(abs(sum(v["mean_weight"]) - 1) < 1e-3 for v in per_task.values())
+        assert all(len(v["per_layer_mean_weight"]) == 28 for v in per_task.values())  # 4 layers x 7 linears
         if method == "strlora":
             assert all(abs(sum(v["selection_frequency"]) - 2) < 1e-4 for v in per_task.values())
         shown = runner.invoke(app, ["inspect-run", str(out), "--plot", str(tmp_path / "r.png")])
@@ -151,3 +152,20 @@ def test_strlora_ablation_switches(tmp_path, tiny_stream):
     assert opts["task_select"] is False and opts["stability"] is False and opts["token_weights"] is True
     bad = _run(tiny_stream, tmp_path / "x", "lora", "--no-task-select")
     assert bad.exit_code == 2 and "StrLoRA ablations" in bad.output
+
+
+def test_out_of_memory_is_a_clear_error(tmp_path, tiny_stream, monkeypatch):
+    import torch
+
+    from strcvit_bench.adapters.lora import LoRALinear
+
+    real = LoRALinear.forward
+
+    def oom_when_training(self, x):
+        if self.training:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, x)
+
+    monkeypatch.setattr(LoRALinear, "forward", oom_when_training)
+    r = _run(tiny_stream, tmp_path / "oom", "lora")
+    assert r.exit_code == 2 and "lower --batch-size" in r.output and "Traceback" not in r.output

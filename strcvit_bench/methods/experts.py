@@ -50,6 +50,9 @@ class ExpertMethod(Method):
             return None
         weight = sum(layer.stat_weight for layer in layers) / tokens
         out: dict[str, Any] = {"mean_weight": [round(float(v), 6) for v in weight], "tokens": tokens}
+        # per adapted layer too: an average over layers can hide layers that do separate tasks
+        out["per_layer_mean_weight"] = [
+            [round(float(v), 4) for v in layer.stat_weight / max(1, layer.stat_tokens)] for layer in layers]
         samples = sum(layer.stat_samples for layer in layers)
         if samples:
             select = sum(layer.stat_select for layer in layers) / samples
