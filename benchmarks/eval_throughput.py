@@ -24,7 +24,7 @@ from strcvit_bench.methods import MethodContext  # noqa: E402
 from strcvit_bench.methods.registry import get_method, parse_options  # noqa: E402
 from strcvit_bench.models.tiny import load_tiny  # noqa: E402
 from strcvit_bench.streams.stream import open_stream  # noqa: E402
-from strcvit_bench.training.runner import stream_texts  # noqa: E402
+from strcvit_bench.training.setup import stream_texts  # noqa: E402
 from strcvit_bench.training.trainer import batch_loss  # noqa: E402
 
 

@@ -36,7 +36,7 @@ from strcvit_bench.models.tiny import load_tiny  # noqa: E402
 from strcvit_bench.streams.stream import open_stream  # noqa: E402
 from strcvit_bench.training.config import RunConfig  # noqa: E402
 from strcvit_bench.training.rows import RowStore  # noqa: E402
-from strcvit_bench.training.runner import stream_texts  # noqa: E402
+from strcvit_bench.training.setup import stream_texts  # noqa: E402
 from strcvit_bench.training.trainer import batch_loss, train_chunk  # noqa: E402
 
 

@@ -87,16 +87,10 @@ def export_tasks(stream_dir: str | Path, out: str | Path, max_gen_toks: int = 16
 
 
 def load_checkpoint(run_dir: str | Path, chunk: int | str = "last"):
-    """(bundle, method) of a run after chunk K, ready to generate."""
-    import torch
-
-    from strcvit_bench.methods import MethodContext
-    from strcvit_bench.methods.registry import get_method, parse_options
-    from strcvit_bench.models import load_model
+    """(bundle, method, config) of a run after chunk K, ready to generate."""
     from strcvit_bench.streams.stream import open_stream as _open
-    from strcvit_bench.training import checkpoint
+    from strcvit_bench.training import checkpoint, setup
     from strcvit_bench.training.config import RunConfig
-    from strcvit_bench.training.runner import _recipe, stream_texts
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "run_config.json"
@@ -106,24 +100,8 @@ def load_checkpoint(run_dir: str | Path, chunk: int | str = "last"):
     index = checkpoint.latest(run_dir) if chunk in ("last", None) else int(chunk)
     if index is None or not (checkpoint.chunk_dir(run_dir, index) / "state.json").is_file():
         raise StrcvitError(f"{run_dir} has no checkpoint for chunk {chunk}")
-    stream = _open(cfg.stream)
-    tiny = {"recipe": _recipe(cfg.pretrain_samples)} if cfg.model == "tiny" and cfg.pretrain_samples is not None \
-        else {}
-    bundle = load_model(cfg.model, stream_texts=stream_texts(stream) if cfg.model == "tiny" else (), dtype=cfg.dtype,
-                        **tiny)
-    bundle.target_modules = cfg.target_modules
-    bundle.projector_modules = cfg.projector_modules if cfg.train_projector else r"(?!)"
-    cls = get_method(cfg.method)
-    ctx = MethodContext(bundle=bundle, seed=cfg.seed, num_chunks=stream.num_chunks,
-                        chunk_size=int(stream.manifest["chunk_size"]), task_ids_visible=False,
-                        lookup_rows=lambda ids: [], batch_loss=lambda *a, **k: None)
-    method = cls(parse_options(cls, cfg.method_options), ctx)
-    params = method.setup()
-    trainable, m_tensors, m_meta, _ = checkpoint.load(run_dir, index)
-    with torch.no_grad():
-        for name, value in trainable.items():
-            params[name].copy_(value)
-    method.load_state(m_tensors, m_meta)
+    bundle, method, params = setup.build(cfg, _open(cfg.stream))
+    setup.restore(run_dir, index, method, params)
     bundle.model.eval()
     return bundle, method, cfg
 

@@ -24,14 +24,12 @@ from strcvit_bench.errors import StrcvitError
 from strcvit_bench.evaluation.evaluator import generate_answers, score_task
 from strcvit_bench.evaluation.metrics import all_metrics, first_seen_from_counts
 from strcvit_bench.io import atomic_write_json, atomic_write_text
-from strcvit_bench.methods import MethodContext
 from strcvit_bench.methods.registry import get_method, parse_options
-from strcvit_bench.models import load_model
-from strcvit_bench.streams.stream import Stream, verify_stream
-from strcvit_bench.training import checkpoint
+from strcvit_bench.streams.stream import verify_stream
+from strcvit_bench.training import checkpoint, setup
 from strcvit_bench.training.config import RunConfig
 from strcvit_bench.training.rows import RowStore
-from strcvit_bench.training.trainer import batch_loss, train_chunk
+from strcvit_bench.training.trainer import train_chunk
 
 SCHEMA_VERSION = 1
 Progress = Callable[[str, int, int], None]
@@ -39,23 +37,6 @@ Progress = Callable[[str, int, int], None]
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def stream_texts(stream: Stream) -> list[str]:
-    """Instructions and answers of the whole stream (the tiny model's tokenizer covers them)."""
-    texts: list[str] = []
-    tables = [stream.read_test(t, columns=["instruction", "answers"]) for t in stream.task_names]
-    tables += [stream.read_chunk(c["index"], columns=["instruction", "answers"]) for c in stream.manifest["chunks"]]
-    for table in tables:
-        texts.extend(table.column("instruction").to_pylist())
-        texts.extend(a for answers in table.column("answers").to_pylist() for a in answers)
-    return texts
 
 
 class Run:
@@ -96,23 +77,8 @@ class Run:
         torch.manual_seed(cfg.seed)
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out / "run_config.json", cfg.model_dump())
-        tiny = {"recipe": _recipe(cfg.pretrain_samples)} if cfg.model == "tiny" and cfg.pretrain_samples is not None \
-            else {}
-        bundle = load_model(cfg.model, stream_texts=stream_texts(stream) if cfg.model == "tiny" else (),
-                            dtype=cfg.dtype, progress=self.progress, **tiny)
-        bundle.target_modules = cfg.target_modules
-        bundle.projector_modules = cfg.projector_modules if cfg.train_projector else r"(?!)"
-        bundle.model.to(_device(cfg.device))
         store = RowStore(stream, hide_task=not stream.manifest.get("task_ids_visible", False))
-        method_holder: list[Any] = []
-        ctx = MethodContext(
-            bundle=bundle, seed=cfg.seed, num_chunks=stream.num_chunks, chunk_size=int(stream.manifest["chunk_size"]),
-            task_ids_visible=bool(stream.manifest.get("task_ids_visible", False)), lookup_rows=store.lookup,
-            batch_loss=lambda rows, sum_over_tokens=False: batch_loss(bundle, method_holder[0], rows, sum_over_tokens),
-        )
-        method = self.method_cls(self.options, ctx)
-        method_holder.append(method)
-        params = method.setup()
+        bundle, method, params = setup.build(cfg, stream, store.lookup, self.progress)
         self.method, self.bundle = method, bundle
         tasks = stream.manifest["tasks"]
         tests = {t["name"]: stream.read_test(t["name"]).to_pylist()[: cfg.eval_limit] for t in tasks}
@@ -120,11 +86,7 @@ class Run:
         last = stream.num_chunks if cfg.max_chunks is None else min(stream.num_chunks, cfg.max_chunks)
 
         if self.resume_from is not None:
-            trainable, m_tensors, m_meta, state = checkpoint.load(self.out, self.resume_from)
-            with torch.no_grad():
-                for name, value in trainable.items():
-                    params[name].copy_(value)
-            method.load_state(m_tensors, m_meta)
+            state = setup.restore(self.out, self.resume_from, method, params)
             store.remember(self.resume_from)
             start = self.resume_from + 1
         else:
@@ -210,12 +172,6 @@ class Run:
             "config": cfg.model_dump(),
         }
         atomic_write_json(self.out / "results.json", results)
-
-
-def _recipe(samples: int):
-    from strcvit_bench.models.tiny import PretrainRecipe
-
-    return PretrainRecipe(samples=samples)
 
 
 def run(config: RunConfig, resume: bool = False, progress: Progress | None = None) -> dict[str, Any]:

@@ -1,0 +1,71 @@
+"""From a RunConfig to a model with its method attached — shared by the runner and by anything
+that reloads a run's checkpoint (the lm-eval model), so both build exactly the same thing."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from strcvit_bench.methods import Method, MethodContext
+from strcvit_bench.methods.registry import get_method, parse_options
+from strcvit_bench.models import ModelBundle, load_model
+from strcvit_bench.streams.stream import Stream
+from strcvit_bench.training import checkpoint
+from strcvit_bench.training.config import RunConfig
+from strcvit_bench.training.trainer import batch_loss
+
+
+def stream_texts(stream: Stream) -> list[str]:
+    """Instructions and answers of the whole stream (the tiny model's tokenizer covers them)."""
+    texts: list[str] = []
+    tables = [stream.read_test(t, columns=["instruction", "answers"]) for t in stream.task_names]
+    tables += [stream.read_chunk(c["index"], columns=["instruction", "answers"]) for c in stream.manifest["chunks"]]
+    for table in tables:
+        texts.extend(table.column("instruction").to_pylist())
+        texts.extend(a for answers in table.column("answers").to_pylist() for a in answers)
+    return texts
+
+
+def device_for(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build(cfg: RunConfig, stream: Stream, lookup_rows: Callable[[list[str]], list[dict[str, Any]]] = lambda ids: [],
+          progress: Callable[[str, int, int], None] | None = None
+          ) -> tuple[ModelBundle, Method, dict[str, torch.nn.Parameter]]:
+    """The configured model on its device, the method attached, and its trainable parameters."""
+    tiny: dict[str, Any] = {}
+    if cfg.model == "tiny" and cfg.pretrain_samples is not None:
+        from strcvit_bench.models.tiny import PretrainRecipe
+
+        tiny["recipe"] = PretrainRecipe(samples=cfg.pretrain_samples)
+    bundle = load_model(cfg.model, stream_texts=stream_texts(stream) if cfg.model == "tiny" else (),
+                        dtype=cfg.dtype, progress=progress, **tiny)
+    bundle.target_modules = cfg.target_modules
+    bundle.projector_modules = cfg.projector_modules if cfg.train_projector else r"(?!)"
+    bundle.model.to(device_for(cfg.device))
+    cls = get_method(cfg.method)
+    ctx = MethodContext(
+        bundle=bundle, seed=cfg.seed, num_chunks=stream.num_chunks, chunk_size=int(stream.manifest["chunk_size"]),
+        task_ids_visible=bool(stream.manifest.get("task_ids_visible", False)), lookup_rows=lookup_rows,
+        batch_loss=lambda *a, **k: None,
+    )
+    method = cls(parse_options(cls, cfg.method_options), ctx)
+    ctx.batch_loss = functools.partial(batch_loss, bundle, method)
+    return bundle, method, method.setup()
+
+
+def restore(run_dir: Path, index: int, method: Method, params: dict[str, torch.nn.Parameter]) -> dict[str, Any]:
+    """Load chunk `index`'s checkpoint into the parameters and the method; returns the run state."""
+    trainable, m_tensors, m_meta, state = checkpoint.load(run_dir, index)
+    with torch.no_grad():
+        for name, value in trainable.items():
+            params[name].copy_(value)
+    method.load_state(m_tensors, m_meta)
+    return state
