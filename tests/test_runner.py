@@ -114,6 +114,18 @@ def test_resume_after_an_interruption_gives_the_same_results(tmp_path, tiny_stre
     assert _predictions(full, "chunk_002") == _predictions(part, "chunk_002")
 
 
+def test_a_cold_and_a_warm_model_cache_give_the_same_run(tmp_path, tiny_stream, monkeypatch):
+    """The first run pre-trains the tiny base in-process, the second reads it from the cache:
+    nothing the method draws at random may depend on which happened."""
+    monkeypatch.setenv("STRCVIT_CACHE", str(tmp_path / "fresh-cache"))
+    cold, warm = tmp_path / "cold", tmp_path / "warm"
+    assert _run(tiny_stream, cold, "lora", "--max-chunks", "1").exit_code == 0
+    assert _run(tiny_stream, warm, "lora", "--max-chunks", "1").exit_code == 0
+    a, b = (json.loads((d / "results.json").read_text()) for d in (cold, warm))
+    assert a["model_info"]["cached"] is False and b["model_info"]["cached"] is True
+    assert _comparable(a) == _comparable(b)
+
+
 def test_run_refuses_to_overwrite_and_checks_resume_settings(tmp_path, tiny_stream):
     out = tmp_path / "r"
     assert _run(tiny_stream, out, "lora", "--max-chunks", "1").exit_code == 0

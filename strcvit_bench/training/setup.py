@@ -13,6 +13,7 @@ import torch
 from strcvit_bench.methods import Method, MethodContext
 from strcvit_bench.methods.registry import get_method, parse_options
 from strcvit_bench.models import ModelBundle, load_model
+from strcvit_bench.seeding import derive_seed
 from strcvit_bench.streams.stream import Stream
 from strcvit_bench.training import checkpoint
 from strcvit_bench.training.config import RunConfig
@@ -58,6 +59,9 @@ def build(cfg: RunConfig, stream: Stream, lookup_rows: Callable[[list[str]], lis
     )
     method = cls(parse_options(cls, cfg.method_options), ctx)
     ctx.batch_loss = functools.partial(batch_loss, bundle, method)
+    # adapters draw their initial weights from a seed of their own: the global generator's state
+    # here depends on whether the tiny base was just pre-trained or read from the cache
+    torch.manual_seed(derive_seed(cfg.seed, "adapters"))
     return bundle, method, method.setup()
 
 
