@@ -210,7 +210,7 @@ def inspect_cmd(
     say(f"composition plot: {target}")
 
 
-DEMO_METHODS = ("lora", "replay", "ewc", "moelora", "smolora", "strlora")
+DEMO_METHODS = ("lora", "replay", "ewc", "moelora", "smolora", "strlora", "branchlora", "cram")
 
 
 @app.command("demo")
@@ -400,7 +400,7 @@ def inspect_run_cmd(
     for task, v in per_task.items():
         table.add_row(task, *[f"{x:.2f}" for x in v["mean_weight"]])
         if "selection_frequency" in v:
-            table.add_row(f"  {task} (stage 1)", *[f"{x:.2f}" for x in v["selection_frequency"]])
+            table.add_row(f"  {task} (selected)", *[f"{x:.2f}" for x in v["selection_frequency"]])
     console.print(table)
     target = plot or run_dir / "routing.png"
     plot_routing(routing, target, point, title=f"{results['method']} on {results['stream']['name']}: "

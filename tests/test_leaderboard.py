@@ -22,7 +22,7 @@ TASKS = [{"name": "a", "family": "vqa", "metric": "exact_match", "first_seen": 0
 
 
 def fake_run(root: Path, method: str, seed: int, R: list[list[float]], stream: str = "s1", complete: bool = True,
-             options: dict | None = None) -> Path:
+             options: dict | None = None, adapter: list[int] | None = None) -> Path:
     run = root / f"{stream}-{method}-{seed}-{len(R)}-{json.dumps(options or {}, sort_keys=True)}".replace('"', "")
     run.mkdir(parents=True)
     first = [t["first_seen"] for t in TASKS]
@@ -34,6 +34,8 @@ def fake_run(root: Path, method: str, seed: int, R: list[list[float]], stream: s
         "metrics": all_metrics(R, first, [0.0, 0.0]), "complete": complete, "completed_chunks": len(R),
         "trainable_params": 1234, "timings": {"train_seconds": 10.0 + seed}, "env": {"commit": "abc"},
     }
+    if adapter is not None:
+        results["per_chunk"] = [{"adapter_params": n} for n in adapter]
     (run / "results.json").write_text(json.dumps(results))
     return run
 
@@ -133,3 +135,19 @@ def test_index_html_renders_in_headless_chromium(tmp_path):
     im = Image.open(shot).convert("L")
     lo, hi = im.getextrema()
     assert shot.stat().st_size > 5000 and hi - lo > 100  # text and a table, not a blank page
+
+
+def test_adapter_parameters_along_the_stream(tmp_path):
+    runs = [fake_run(tmp_path, "lora", 0, [[50, 0], [20, 60], [10, 80]], adapter=[100, 100, 100]),
+            fake_run(tmp_path, "cram", 0, [[50, 0], [45, 60], [40, 75]], adapter=[100, 160, 170]),
+            fake_run(tmp_path, "cram", 1, [[50, 0], [45, 60], [40, 75]], adapter=[100, 140, 190]),
+            fake_run(tmp_path, "replay", 0, [[50, 0], [45, 60], [40, 75]])]  # recorded without the curve
+    out = tmp_path / "lb"
+    lb.update(runs, out, "test")
+    md = (out / "leaderboard.md").read_text()
+    table = md.split("Adapter parameters after each chunk")[1]
+    assert "| lora | 100 | 100 | 100 |" in table and "| cram | 100 | 150 | 180 |" in table  # mean over seeds
+    assert "| replay |" not in table
+    png = out / "plots" / "s1__tiny__parameters.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "adapter parameters along the stream" in (out / "index.html").read_text()

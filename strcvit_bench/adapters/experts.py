@@ -6,7 +6,8 @@ one LoRA of rank r. All experts run as two matmuls (A stacked, B concatenated): 
 the stacked rank dimension by w before B is exactly Σ_e w_e B_e A_e x, at LoRA's cost.
 
 Routing statistics (mean weight and selection count per expert) accumulate while
-`recording` is on, for the runner's routing analysis.
+`recording` is on, for the runner's routing analysis; `RoutingStats` is the part any routed
+layer shares, whatever its structure (BranchLoRA's shared trunk, CRAM's growing experts).
 """
 
 from __future__ import annotations
@@ -17,32 +18,14 @@ from torch import nn
 from strcvit_bench.adapters.lora import LoRALinear
 
 
-class ExpertLoRA(LoRALinear):
-    """A LoRA of rank E × rank_per_expert whose rank blocks are the experts (A's init bound
-    depends only on the input width, so each block is initialised like a LoRA of its own)."""
+class RoutingStats:
+    """Per-expert routing statistics of one layer, collected while `recording` is on.
 
-    def __init__(self, base: nn.Linear, experts: int, rank_per_expert: int, alpha: float, dropout: float,
-                 init_std: float | None = None):
-        super().__init__(base, experts * rank_per_expert, alpha, dropout, init_std)
-        self.experts = experts
-        self.rank_per_expert = rank_per_expert
-        self.recording = False
-        self.reset_stats()
+    `experts` may grow during a run (CRAM adds experts); `reset_stats` sizes the counters to it.
+    """
 
-    def expert_delta(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """(α/r) Σ_e w_e B_e A_e drop(x); `weights` broadcasts to x's leading shape + (E,)."""
-        h = self.dropout(x) @ self.lora_A.t()
-        h = (h.unflatten(-1, (self.experts, self.rank_per_expert)) * weights.unsqueeze(-1)).flatten(-2)
-        return (h @ self.lora_B.t()) * self.scale
-
-    def expert_outputs(self, x: torch.Tensor, idx: list[int]) -> list[torch.Tensor]:
-        """Unweighted (α/r) B_e A_e drop(x) for the experts in `idx` (for methods that mix outputs)."""
-        h = self.dropout(x) @ self.lora_A.t()
-        h = h.unflatten(-1, (self.experts, self.rank_per_expert))
-        blocks = self.lora_B.unflatten(1, (self.experts, self.rank_per_expert))
-        return [(h[..., e, :] @ blocks[:, e, :].t()) * self.scale for e in idx]
-
-    # --- routing statistics ---------------------------------------------------------------
+    experts: int
+    recording: bool = False
 
     def reset_stats(self) -> None:
         self.stat_weight = torch.zeros(self.experts, dtype=torch.float64)
@@ -66,6 +49,32 @@ class ExpertLoRA(LoRALinear):
             return
         self.stat_select += selected.detach().to(torch.float64).sum(0).cpu()
         self.stat_samples += selected.shape[0]
+
+
+class ExpertLoRA(LoRALinear, RoutingStats):
+    """A LoRA of rank E × rank_per_expert whose rank blocks are the experts (A's init bound
+    depends only on the input width, so each block is initialised like a LoRA of its own)."""
+
+    def __init__(self, base: nn.Linear, experts: int, rank_per_expert: int, alpha: float, dropout: float,
+                 init_std: float | None = None):
+        super().__init__(base, experts * rank_per_expert, alpha, dropout, init_std)
+        self.experts = experts
+        self.rank_per_expert = rank_per_expert
+        self.recording = False
+        self.reset_stats()
+
+    def expert_delta(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(α/r) Σ_e w_e B_e A_e drop(x); `weights` broadcasts to x's leading shape + (E,)."""
+        h = self.dropout(x) @ self.lora_A.t()
+        h = (h.unflatten(-1, (self.experts, self.rank_per_expert)) * weights.unsqueeze(-1)).flatten(-2)
+        return (h @ self.lora_B.t()) * self.scale
+
+    def expert_outputs(self, x: torch.Tensor, idx: list[int]) -> list[torch.Tensor]:
+        """Unweighted (α/r) B_e A_e drop(x) for the experts in `idx` (for methods that mix outputs)."""
+        h = self.dropout(x) @ self.lora_A.t()
+        h = h.unflatten(-1, (self.experts, self.rank_per_expert))
+        blocks = self.lora_B.unflatten(1, (self.experts, self.rank_per_expert))
+        return [(h[..., e, :] @ blocks[:, e, :].t()) * self.scale for e in idx]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - subclasses route
         raise NotImplementedError

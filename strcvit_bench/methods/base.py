@@ -96,6 +96,21 @@ class Method:
     def adapters(self, kind: type = LoRALinear) -> list[tuple[str, nn.Module]]:
         return adapter_layers(self.model, kind)
 
+    def add_params(self, named: dict[str, nn.Parameter]) -> None:
+        """Register parameters a method creates after `setup` (e.g. a router for a cluster first
+        seen in this chunk). Only allowed in `before_chunk` or `load_state`: the trainer builds
+        each chunk's optimizer after `before_chunk`, and checkpoints save `self.params`."""
+        for name, p in named.items():
+            p.requires_grad_(True)
+            self.params[name] = p
+
+    def parameter_counts(self) -> dict[str, int]:
+        """`trainable`: what the optimiser updates in the coming chunk; `adapter`: every learned
+        adapter weight the model carries (frozen experts included). Equal for most methods;
+        they differ where a method freezes or grows its adapters."""
+        trainable = sum(p.numel() for p in self.params.values() if p.requires_grad)
+        return {"trainable": trainable, "adapter": sum(p.numel() for p in self.params.values())}
+
     # --- hooks ------------------------------------------------------------------------------
 
     def before_chunk(self, index: int, rows: Rows) -> None:

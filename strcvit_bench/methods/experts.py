@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from pydantic import Field, model_validator
 
-from strcvit_bench.adapters.experts import ExpertLoRA
+from strcvit_bench.adapters.experts import RoutingStats
 from strcvit_bench.methods.base import Method, MethodOptions
 
 
@@ -29,11 +29,12 @@ class ExpertOptions(MethodOptions):
 
 
 class ExpertMethod(Method):
-    """Base of MoELoRA, SMoLoRA and StrLoRA: routing statistics over all expert layers."""
+    """Base of the routed methods (MoELoRA, SMoLoRA, StrLoRA, BranchLoRA, CRAM): routing
+    statistics over every adapted layer that keeps them."""
 
-    def expert_layers(self) -> list[ExpertLoRA]:
+    def expert_layers(self) -> list[RoutingStats]:
         if getattr(self, "_expert_layers", None) is None:  # walked once, used for every batch
-            self._expert_layers = [m for _, m in self.adapters(ExpertLoRA)]
+            self._expert_layers = [m for _, m in self.adapters(RoutingStats)]
         return self._expert_layers  # type: ignore[return-value]
 
     def routing_reset(self) -> None:

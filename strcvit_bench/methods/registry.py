@@ -12,6 +12,8 @@ from strcvit_bench.methods.base import Method, MethodOptions
 
 def methods() -> dict[str, type[Method]]:
     """Name → method class. Imported lazily: method modules import the API from this package."""
+    from baselines.branchlora import BranchLoRA
+    from baselines.cram import CRAM
     from baselines.ewc import EWC
     from baselines.lora import LoRA
     from baselines.moelora import MoELoRA
@@ -19,7 +21,7 @@ def methods() -> dict[str, type[Method]]:
     from baselines.smolora import SMoLoRA
     from strcvit_bench.strlora import StrLoRA
 
-    return {m.name: m for m in (LoRA, Replay, EWC, MoELoRA, SMoLoRA, StrLoRA)}
+    return {m.name: m for m in (LoRA, Replay, EWC, MoELoRA, SMoLoRA, StrLoRA, BranchLoRA, CRAM)}
 
 
 def get_method(name: str) -> type[Method]:

@@ -51,7 +51,7 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def render_html(groups: list[Any], plots: dict[str, dict[str, bytes]], command: str) -> str:
-    from strcvit_bench.reports.leaderboard import METRIC_COLUMNS, sections
+    from strcvit_bench.reports.leaderboard import METRIC_COLUMNS, section_key, sections
 
     parts = []
     for (stream, fp, model), gs in sections(groups).items():
@@ -80,6 +80,10 @@ def render_html(groups: list[Any], plots: dict[str, dict[str, bytes]], command: 
             parts.append("<p class='muted'>Incomplete runs (not averaged in): " + ", ".join(
                 f"{html.escape(g.method)} seed {r['seed']} ({r['completed_chunks']}/{r['stream']['num_chunks']})"
                 for g, r in incomplete) + "</p>")
+        growth = plots.get(section_key(stream, model), {}).get("parameters")
+        if growth:
+            parts.append("<p class='muted'>Adapter parameters after each chunk (frozen experts included):</p>"
+                         + _img(growth, "adapter parameters along the stream"))
         for g in gs:
             imgs = "".join(_img(png, f"{g.method} {kind}") for kind, png in plots.get(g.key, {}).items())
             parts.append(f"<details><summary>{html.escape(g.method)}: accuracy, curves, forgetting"

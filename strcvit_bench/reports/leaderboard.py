@@ -90,6 +90,21 @@ class Group:
         return out
 
 
+    def parameter_curve(self) -> list[float] | None:
+        """Adapter parameters after each chunk (mean over seeds): flat for fixed adapters,
+        rising for methods that grow (CRAM's experts, BranchLoRA's routers)."""
+        runs = self.complete or self.incomplete[:1]
+        curves = [[p.get("adapter_params") for p in r.get("per_chunk", [])] for r in runs]
+        if not curves or not all(curves) or any(v is None for c in curves for v in c):
+            return None  # runs recorded before the curve was kept
+        n = min(len(c) for c in curves)
+        return [statistics.fmean(c[i] for c in curves) for i in range(n)]
+
+
+def section_key(stream: str, model: str) -> str:
+    return f"{_slug(stream)}__{_slug(model)}"
+
+
 def store_path(out: Path, results: dict[str, Any]) -> Path:
     s = results["stream"]
     return (out / "runs" / f"{_slug(s['name'])}__{s['fingerprint'][:12]}" / _slug(results["model"])
@@ -173,6 +188,15 @@ def markdown(groups: list[Group], command: str) -> str:
             for g, r in incomplete:
                 done, total = r["completed_chunks"], r["stream"]["num_chunks"]
                 lines.append(f"- {g.method}, seed {r['seed']}: {done}/{total} chunks")
+        curves = {g.method: g.parameter_curve() for g in gs if g.complete and g.parameter_curve()}
+        if curves:
+            width = max(len(c) for c in curves.values())
+            lines += ["", "Adapter parameters after each chunk (frozen experts included; the curve of "
+                      f"`plots/{section_key(stream, model)}__parameters.png`):", "",
+                      "| method | " + " | ".join(str(i) for i in range(width)) + " |",
+                      "|" + "---|" * (width + 1)]
+            for method, c in curves.items():
+                lines.append(f"| {method} | " + " | ".join(f"{v:,.0f}" for v in c) + " |")
         commits = sorted({str(r["env"].get("commit")) for g in gs for r in g.complete + g.incomplete})
         lines += ["", f"Runs recorded at commit(s): {', '.join(commits)}.", ""]
     return "\n".join(lines) + "\n"
@@ -234,11 +258,19 @@ def write(out: Path, command: str) -> dict[str, Any]:
         raise StrcvitError(f"{out} holds no runs; add some with `strcvit leaderboard RUNDIR... --out {out}`")
     atomic_write_text(out / "leaderboard.md", markdown(groups, command))
     atomic_write_text(out / "leaderboard.csv", csv_text(groups))
+    from strcvit_bench.reports.plots import parameter_curves
+
     plots: dict[str, dict[str, bytes]] = {}
     for g in groups:
         plots[g.key] = plots_for(g)
         for kind, png in plots[g.key].items():
             atomic_write_bytes(out / "plots" / f"{g.key}__{kind}.png", png)
+    for (stream, _, model), gs in sections(groups).items():
+        curves = {g.method: g.parameter_curve() for g in gs if g.complete and g.parameter_curve()}
+        if curves:
+            key = section_key(stream, model)
+            plots[key] = {"parameters": parameter_curves(curves, f"{stream}, {model}: adapter parameters")}
+            atomic_write_bytes(out / "plots" / f"{key}__parameters.png", plots[key]["parameters"])
     atomic_write_text(out / "index.html", render_html(groups, plots, command))
     return {"groups": len(groups), "runs": sum(len(g.complete) + len(g.incomplete) for g in groups)}
 

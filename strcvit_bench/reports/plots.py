@@ -1,5 +1,6 @@
-"""Plots of one method on one stream: accuracy heatmap, task curves over the composition,
-forgetting heatmap. Each returns PNG bytes so the HTML page can embed them."""
+"""Plots of one method on one stream (accuracy heatmap, task curves over the composition,
+forgetting heatmap) and of all methods on it (adapter parameters along the stream). Each
+returns PNG bytes so the HTML page can embed them."""
 
 from __future__ import annotations
 
@@ -76,5 +77,21 @@ def curves_with_composition(m: Matrix, tasks: list[str], composition: list[dict[
     bottom.set_ylabel("samples")
     bottom.set_xlabel("chunk")
     bottom.set_xticks(range(len(composition)))
+    fig.tight_layout()
+    return _png(fig)
+
+
+def parameter_curves(curves: dict[str, list[float]], title: str) -> bytes:
+    """Adapter parameters after each chunk, one line per method."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    for k, (method, curve) in enumerate(curves.items()):
+        ax.plot(range(len(curve)), curve, marker="o", ms=3, color=cmap(k % 10), label=method)
+    ax.set_xlabel("after chunk")
+    ax.set_ylabel("adapter parameters")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=2, frameon=False)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)

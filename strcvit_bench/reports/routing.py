@@ -25,20 +25,25 @@ def plot_routing(routing: dict[str, Any], out: str | Path, point: str | None = N
     tasks = list(per_task)
     panels = [("mean_weight", "share of tokens / weight per expert")]
     if any("selection_frequency" in v for v in per_task.values()):
-        panels.append(("selection_frequency", "stage-1 selection frequency per expert"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, 3.4), dpi=120, squeeze=False)
-    cmap = plt.get_cmap("tab10")
+        panels.append(("selection_frequency", "experts selected per sample"))
+    for key, label in (("router_choice", "router chosen by the task selector"),
+                       ("group_choice", "semantic group chosen (level 1)")):
+        if all(key in v for v in per_task.values()):
+            panels.append((key, label))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.4), dpi=120, squeeze=False)
+    cmap = plt.get_cmap("tab20")  # groups and routers can outnumber ten
     for ax, (key, label) in zip(axes[0], panels, strict=True):
-        experts = len(next(iter(per_task.values()))[key])
+        experts = max(len(v.get(key, [])) for v in per_task.values())
         bottoms = [0.0] * len(tasks)
+        name = {"router_choice": "router", "group_choice": "group"}.get(key, "expert")
         for e in range(experts):
-            vals = [per_task[t].get(key, [0.0] * experts)[e] for t in tasks]
-            ax.bar(range(len(tasks)), vals, bottom=bottoms, color=cmap(e % 10), label=f"expert {e}", width=0.7)
+            vals = [(per_task[t].get(key, []) + [0.0] * experts)[e] for t in tasks]
+            ax.bar(range(len(tasks)), vals, bottom=bottoms, color=cmap(e % 20), label=f"{name} {e}", width=0.7)
             bottoms = [b + v for b, v in zip(bottoms, vals, strict=True)]
         ax.set_xticks(range(len(tasks)))
         ax.set_xticklabels(tasks, rotation=30, ha="right", fontsize=8)
         ax.set_title(label, fontsize=9)
-    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=6, frameon=False)
     fig.suptitle(title or f"{routing.get('method', '')}: expert activation by task ({point})", fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -162,7 +162,7 @@ class Run:
             "base_scores": state["base_scores"],
             "metrics": all_metrics(R, first_seen, state["base_scores"]) if R else {},
             "per_chunk": per,
-            "trainable_params": sum(p.numel() for p in params.values()),
+            "trainable_params": method.parameter_counts()["adapter"],
             "completed_chunks": len(R),
             "complete": len(R) == stream.num_chunks,
             "timings": {"train_seconds": sum(p["train_seconds"] for p in per),

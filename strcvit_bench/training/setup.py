@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from strcvit_bench.errors import StrcvitError
 from strcvit_bench.methods import Method, MethodContext
 from strcvit_bench.methods.registry import get_method, parse_options
 from strcvit_bench.models import ModelBundle, load_model
@@ -68,8 +69,12 @@ def build(cfg: RunConfig, stream: Stream, lookup_rows: Callable[[list[str]], lis
 def restore(run_dir: Path, index: int, method: Method, params: dict[str, torch.nn.Parameter]) -> dict[str, Any]:
     """Load chunk `index`'s checkpoint into the parameters and the method; returns the run state."""
     trainable, m_tensors, m_meta, state = checkpoint.load(run_dir, index)
+    method.load_state(m_tensors, m_meta)  # first: it may re-create parameters added along the stream
+    missing = sorted(set(trainable) - set(params))
+    if missing:
+        raise StrcvitError(f"checkpoint {checkpoint.chunk_dir(run_dir, index)} holds parameters this method did not "
+                           f"re-create ({', '.join(missing[:3])} …); was it written by another version?")
     with torch.no_grad():
         for name, value in trainable.items():
             params[name].copy_(value)
-    method.load_state(m_tensors, m_meta)
     return state

@@ -38,7 +38,9 @@ def train_chunk(bundle: ModelBundle, method: Method, params: dict[str, torch.nn.
     rng = derive_rng(config.seed, "batches", index)
     model = bundle.model
     device = next(model.parameters()).device
-    opt = torch.optim.AdamW(list(params.values()), lr=config.first_lr if index == 0 else config.later_lr,
+    method.before_chunk(index, rows)  # may freeze, thaw or add parameters: the optimiser comes after
+    trainable = [p for p in params.values() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=config.first_lr if index == 0 else config.later_lr,
                             weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(rows) / config.train_batch_size)
     total = steps_per_epoch * config.epochs_per_chunk
@@ -48,7 +50,6 @@ def train_chunk(bundle: ModelBundle, method: Method, params: dict[str, torch.nn.
     else:
         lam = lambda s: 1.0  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
-    method.before_chunk(index, rows)
     model.train()
     losses, seen, started = [], 0, time.perf_counter()
     for epoch in range(config.epochs_per_chunk):
@@ -65,7 +66,7 @@ def train_chunk(bundle: ModelBundle, method: Method, params: dict[str, torch.nn.
                 raise StrcvitError(
                     f"out of memory training chunk {index} with batches of {len(batch_rows)} rows on {device}; "
                     f"lower --batch-size (the run resumes from its last finished chunk with --resume)") from None
-            torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()
             sched.step()
             method.after_step()
@@ -76,4 +77,6 @@ def train_chunk(bundle: ModelBundle, method: Method, params: dict[str, torch.nn.
     model.eval()
     seconds = time.perf_counter() - started
     return {"train_loss": sum(losses) / max(1, len(losses)), "train_seconds": seconds, "train_samples": seen,
-            "train_samples_per_s": seen / seconds if seconds else None, "steps": len(losses)}
+            "train_samples_per_s": seen / seconds if seconds else None, "steps": len(losses),
+            "trainable_params": sum(p.numel() for p in trainable),
+            "adapter_params": method.parameter_counts()["adapter"]}

@@ -1,0 +1,455 @@
+"""CRAM: Centroid-Routing and Adaptive MoE (Tang, Xie, Shi, Zhou; arXiv 2606.02502), adapted to streams.
+
+What the paper (and its released code, LAMDA-CL/EMNLP2026-CRAM) specifies, per task:
+- Isolation: every task gets its own expert (a LoRA slot); other tasks' experts are frozen.
+- Adaptive-rank instantiation: a buffer LoRA learns the new task during a warm-up; its update
+  ΔW = s·B A is decomposed by SVD and only the directions the new data needs and the existing
+  experts lack become the expert (singular values above τ_alloc, directions novel with respect
+  to the experts of the same semantic group, rank within [rank_min, rank_max]);
+  A = √S Vᵀ, B = U √S. The expert then trains on, with the buffer frozen.
+- Centroid-guided routing, two levels: level 1 puts the instruction (a CLIP text embedding) in
+  a semantic group; level 2 mixes the group's experts by an RBF on the image feature,
+  softmax_e(−‖v − c_e‖² / 2σ²), c_e the mean image feature of expert e's task.
+- Orthogonality penalty: λ · γ · ‖Qᵀ z‖², z the new update's output on the mean layer input
+  over visual tokens, Q an orthonormal basis of the group's other experts, γ the routing mass
+  on them: new updates stay off directions old experts already write to.
+
+What a stream changes, and what we do:
+- A phase is a chunk; a task is a pseudo-task: a level-1 group (rows whose instruction's MiniLM
+  embedding has cosine ≥ `group_threshold` to the group prototype; CRAM's own margin rule,
+  meant for one decision per task, opens a group for every ambiguous row: applied to rows it
+  fills all 10 groups in the demo's first chunk) together with a visual centroid. At a chunk's
+  start, each group's rows are matched, by their mean image view, to the group's expert with
+  the nearest centroid (cosine ≥ `reuse_threshold`): a recurring task reuses its expert, as
+  the release does for a known task id; otherwise a new expert is opened for it.
+- Image views are the frozen vision tower's features at the projector's input (the release
+  uses a separate frozen CLIP tower; see methods/features.py). Centroids are running means of
+  an expert's rows (the release also trains them).
+- Each chunk, every expert with rows trains a buffer block of its own (rank `rank`, at most
+  `max_active` blocks), mixed into the routing with its expert's weight. At the chunk's end the
+  block is consolidated: the gap is what the group's experts do not yet express,
+  (I − QQᵀ) ΔW with Q their output directions; the expert grows by the number of its singular
+  values above τ · σ_1(ΔW) (up to `rank_max` per layer), and the expert's update plus the
+  block's is re-factorised at that rank, so a refinement inside existing directions costs no
+  parameters. An expert whose update has no direction above the threshold in any layer is not
+  kept: its rows are served by the experts that already cover them. The release instead
+  consolidates after a 5 % warm-up and fine-tunes the truncated expert; consolidating at the
+  chunk boundary keeps the trainable parameters fixed within a chunk (what data-parallel
+  training needs) and lets the penalty act on the update while it is learned.
+- The penalty reads the mean layer input over image tokens (detached: it shapes the new
+  update, not the layers below), and Q spans the group's other experts' output directions in
+  every layer (the release switches to their input directions on square layers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from strcvit_bench.adapters import LoRALinear, inject
+from strcvit_bench.adapters.experts import RoutingStats
+from strcvit_bench.methods.base import MethodOptions, Rows
+from strcvit_bench.methods.experts import ExpertMethod
+from strcvit_bench.methods.features import ImageTap, SampleViews, image_token_id, masked_mean
+from strcvit_bench.seeding import derive_seed
+
+# --- the pure parts ---------------------------------------------------------------------------------
+
+
+def rbf_weights(image: torch.Tensor, centroids: torch.Tensor, sigma: float) -> torch.Tensor:
+    """softmax over centroids of −‖v̂ − ĉ‖² / 2σ², on unit-normalised vectors; (B, d) × (K, d) → (B, K)."""
+    v, c = F.normalize(image.float(), dim=-1), F.normalize(centroids.float(), dim=-1)
+    d2 = (v.unsqueeze(1) - c.unsqueeze(0)).pow(2).sum(-1)
+    return torch.softmax(-d2 / (2 * sigma ** 2), dim=-1)
+
+
+def output_basis(columns: torch.Tensor, rel_eps: float = 1e-6) -> torch.Tensor | None:
+    """Orthonormal basis (d, q) of the span of `columns` (d, k); None for an empty span."""
+    if columns.numel() == 0:
+        return None
+    U, S, _ = torch.linalg.svd(columns.float(), full_matrices=False)
+    keep = S.gt(rel_eps * S.max().clamp_min(1e-30))
+    return U[:, keep] if bool(keep.any()) else None
+
+
+def orthogonality_penalty(z: torch.Tensor, basis: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """mean_b γ_b ‖Qᵀ z_b‖²: zero when the new update's outputs avoid the old experts' directions."""
+    return (gamma * (z.float() @ basis).pow(2).sum(-1)).mean()
+
+
+def grow_expert(A_e: torch.Tensor, B_e: torch.Tensor, A_new: torch.Tensor, B_new: torch.Tensor,
+                basis: torch.Tensor | None, tau: float, rank_max: int
+                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """An expert's update (B_e A_e, rank R_e) after adding a block's update ΔW = B_new A_new.
+
+    The gap (I − QQᵀ) ΔW is what the existing experts (output basis Q) do not express; the expert
+    grows by its number of singular values above τ · σ_1(ΔW). Its new factors are the top
+    min(R_e + growth, rank_max) singular directions of B_e A_e + ΔW, as A = √S Vᵀ, B = U √S.
+    Works on the factors (QR of the d_out side), never forming a d_out × d_in matrix.
+    """
+    A_new, B_new = A_new.detach().float(), B_new.detach().float()
+    A_e, B_e = A_e.detach().float(), B_e.detach().float()
+    full = torch.linalg.svdvals(torch.linalg.qr(B_new).R @ A_new)
+    top = float(full[0]) if full.numel() else 0.0
+    gap_B = B_new if basis is None else B_new - basis @ (basis.t() @ B_new)
+    gap = torch.linalg.svdvals(torch.linalg.qr(gap_B).R @ A_new)
+    growth = int(gap.gt(tau * top).sum()) if top > 0 else 0
+    rank = min(A_e.shape[0] + growth, rank_max)
+    info = {"grew": float(max(0, rank - A_e.shape[0])),
+            "gap_fraction": float(gap.norm() / full.norm()) if top > 0 else 0.0}
+    Q, R = torch.linalg.qr(torch.cat([B_e, B_new], dim=1))
+    U, S, Vh = torch.linalg.svd(R @ torch.cat([A_e, A_new]), full_matrices=False)
+    root = S[:rank].sqrt()
+    return root[:, None] * Vh[:rank], (Q @ U[:, :rank]) * root[None, :], info
+
+
+# --- the layer ---------------------------------------------------------------------------------------
+
+
+class CRAMLinear(LoRALinear, RoutingStats):
+    """Frozen experts of per-layer adaptive rank plus trainable buffer blocks.
+
+    Experts are stacked along the rank axis (`expert_A` (R, d_in), `expert_B` (d_out, R),
+    `expert_of` (R,) naming each row's expert), so all of them cost two matmuls. The buffer is
+    `lora_A`/`lora_B` split into `blocks` blocks of rank `rank`, scale α/rank; each training row
+    uses its expert's block. Per sample: `weights` (B, E) routing over experts, `block` (B,)
+    (−1: none) and `block_weight` (B,), the weight of the expert the block extends.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, blocks: int, alpha: float, dropout: float):
+        super().__init__(base, rank * blocks, alpha, dropout)
+        self.scale = alpha / rank
+        self.rank, self.blocks = rank, blocks
+        like = {"dtype": base.weight.dtype, "device": base.weight.device}
+        self.register_buffer("expert_A", torch.zeros(0, base.in_features, **like), persistent=False)
+        self.register_buffer("expert_B", torch.zeros(base.out_features, 0, **like), persistent=False)
+        self.register_buffer("expert_of", torch.zeros(0, dtype=torch.long, device=like["device"]), persistent=False)
+        self.experts = 0
+        self.weights: torch.Tensor | None = None
+        self.block: torch.Tensor | None = None
+        self.block_weight: torch.Tensor | None = None
+        self.token_mask: torch.Tensor | None = None
+        self.penalty_mask: torch.Tensor | None = None      # (B, L) tokens the penalty averages
+        self.penalty_basis: dict[int, torch.Tensor] = {}    # expert -> its group's other experts' basis
+        self.expert_of_row: torch.Tensor | None = None      # (B,) the expert each training row extends
+        self.gamma: torch.Tensor | None = None
+        self.ortho: torch.Tensor | None = None
+        self.recording = False
+        self.reset_stats()
+
+    # --- the stored experts ---------------------------------------------------------------
+
+    def factors(self, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.expert_of == expert
+        return self.expert_A[rows], self.expert_B[:, rows]
+
+    def set_experts(self, factors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Replace all experts by `factors` [(A_e, B_e)], expert ids = list positions."""
+        like = {"dtype": self.lora_A.dtype, "device": self.lora_A.device}
+        self.expert_A = torch.cat([A.to(**like) for A, _ in factors]) if factors else self.expert_A[:0]
+        self.expert_B = torch.cat([B.to(**like) for _, B in factors], 1) if factors else self.expert_B[:, :0]
+        self.expert_of = torch.cat([torch.full((A.shape[0],), e, dtype=torch.long) for e, (A, _) in
+                                    enumerate(factors)]).to(like["device"]) if factors else self.expert_of[:0]
+        self.experts = len(factors)
+        self.reset_stats()
+
+    def block_factors(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.rank
+        return self.lora_A[k * r:(k + 1) * r], self.scale * self.lora_B[:, k * r:(k + 1) * r]
+
+    def expert_columns(self, experts: set[int]) -> torch.Tensor:
+        keep = torch.tensor([e in experts for e in self.expert_of.tolist()], dtype=torch.bool)
+        return self.expert_B[:, keep.to(self.expert_B.device)]
+
+    # --- forward --------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        xd = self.dropout(x)
+        w = self.weights
+        if self.expert_A.shape[0] and w is not None and w.shape[0] == x.shape[0]:
+            h = (xd @ self.expert_A.t()) * w[:, self.expert_of].to(x.dtype)[:, None, :]
+            out = out + h @ self.expert_B.t()
+        self.ortho = None
+        if self.block is not None and self.block.shape[0] == x.shape[0]:
+            k = self.block.clamp_min(0)
+            A = self.lora_A.view(self.blocks, self.rank, -1)[k]                              # (B, r, d_in)
+            B = self.lora_B.view(-1, self.blocks, self.rank).permute(1, 0, 2)[k]            # (B, d_out, r)
+            bw = (self.block_weight * (self.block >= 0)).to(x.dtype) * self.scale
+            out = out + torch.bmm(torch.bmm(xd, A.transpose(1, 2)), B.transpose(1, 2)) * bw[:, None, None]
+            if self.training and self.penalty_basis and self.gamma is not None:
+                xbar = masked_mean(x.detach(), self.penalty_mask)[:, None, :]
+                z = torch.bmm(torch.bmm(xbar, A.transpose(1, 2)), B.transpose(1, 2))[:, 0] * self.scale
+                total = z.new_zeros(())
+                for e, basis in self.penalty_basis.items():
+                    idx = ((self.expert_of_row == e) & (self.block >= 0)).nonzero().flatten()
+                    if idx.numel():
+                        total = total + orthogonality_penalty(z[idx], basis.to(z.device), self.gamma[idx]) * idx.numel()
+                self.ortho = total / x.shape[0]
+        if self.recording and self.experts and w is not None and w.shape[0] == x.shape[0]:
+            mask = self.token_mask if self.token_mask is not None and self.token_mask.shape == x.shape[:2] else None
+            self.record_tokens(w[:, None, :].expand(x.shape[0], x.shape[1], self.experts), mask)
+        return out
+
+
+# --- the method --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Expert:
+    """A pseudo-task's expert: its level-1 group and the running sum of its rows' image views."""
+
+    group: int
+    centroid_sum: torch.Tensor
+    rows: int
+
+    @property
+    def centroid(self) -> torch.Tensor:
+        return F.normalize(self.centroid_sum, dim=0)
+
+
+class CRAMOptions(MethodOptions):
+    rank_max: int | None = Field(None, ge=1, description="rank of an expert at most, per layer (default: rank)")
+    tau: float = Field(0.1, gt=0, lt=1, description="an expert grows by the gap directions with σ > tau · σ_1")
+    sigma: float = Field(0.25, gt=0, description="RBF bandwidth of the centroid routing (unit image views)")
+    group_threshold: float = Field(0.4, ge=-1, le=1, description="level 1: instruction cosine to join a group")
+    max_groups: int = Field(16, ge=1, description="level-1 semantic groups at most")
+    reuse_threshold: float = Field(0.8, ge=-1, le=1, description="a group's chunk rows reuse the expert whose "
+                                                                  "centroid has this cosine to their mean image")
+    min_rows: int = Field(8, ge=1, description="rows a group needs in a chunk to open a new expert")
+    max_active: int = Field(4, ge=1, description="experts trained per chunk (buffer blocks)")
+    ortho_weight: float = Field(1.0, ge=0, description="λ of the orthogonality penalty")
+    text_encoder: Literal["minilm", "llm_embeddings"] = Field(
+        "minilm", description="text view for the level-1 groups: all-MiniLM-L6-v2 or the LLM's input embeddings")
+
+
+class CRAM(ExpertMethod):
+    name = "cram"
+    description = "expert per pseudo-task grown by the measured gap, centroid routing, orthogonality penalty (CRAM)"
+    Options = CRAMOptions
+
+    def attach(self) -> None:
+        o = self.options
+        inject(self.model, self.ctx.bundle.target_modules,
+               lambda name, layer: CRAMLinear(layer, o.rank, o.max_active, o.alpha, o.dropout))
+        self.views = SampleViews(self.ctx.bundle, o.text_encoder)
+        self.image_token = image_token_id(self.model)
+        self.group_sum: torch.Tensor | None = None   # (G, d_text) prototype sums of unit text views
+        self.experts: list[Expert] = []
+        self.rows_of: dict[str, tuple[int, int]] = {}  # this chunk's row id -> (group, expert)
+        self.blocks: dict[int, int] = {}                # expert -> buffer block, this chunk
+        self.history: list[dict[str, Any]] = []
+        self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.choices: torch.Tensor | None = None
+        self.tap = ImageTap(self.ctx.bundle, self._on_image)
+
+    def layers(self) -> list[CRAMLinear]:
+        if getattr(self, "_layers", None) is None:
+            self._layers = [m for _, m in self.adapters(CRAMLinear)]
+        return self._layers  # type: ignore[return-value]
+
+    # --- level 1 ---------------------------------------------------------------------------
+
+    def group_sims(self, text: torch.Tensor) -> torch.Tensor:
+        if self.group_sum is None:
+            return torch.zeros(text.shape[0], 0)
+        return F.normalize(text.float(), dim=-1) @ F.normalize(self.group_sum, dim=-1).t().to(text.device)
+
+    def assign_group(self, t: torch.Tensor) -> int:
+        """Join the most similar group at cosine ≥ group_threshold, else open one (leader rule)."""
+        o = self.options
+        sims = self.group_sims(t[None])[0]
+        t = F.normalize(t.float(), dim=-1).cpu()
+        if sims.numel() and (float(sims.max()) >= o.group_threshold or sims.numel() >= o.max_groups):
+            g = int(sims.argmax())
+            self.group_sum[g] += t  # type: ignore[index]
+            return g
+        self.group_sum = t[None] if self.group_sum is None else torch.cat([self.group_sum, t[None]])
+        return self.group_sum.shape[0] - 1
+
+    def experts_of_group(self, g: int) -> list[int]:
+        return [e for e, ex in enumerate(self.experts) if ex.group == g]
+
+    # --- level 2 ---------------------------------------------------------------------------
+
+    def route(self, groups: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """(B, E) weights: an RBF over the centroids of the experts of each sample's group (of
+        every expert for a group no expert serves yet)."""
+        w = torch.zeros(groups.shape[0], len(self.experts))
+        for g in groups.unique().tolist():
+            idx = (groups == g).nonzero().flatten()
+            cols = self.experts_of_group(g) or list(range(len(self.experts)))
+            if cols:
+                cents = torch.stack([self.experts[e].centroid for e in cols])
+                w[idx[:, None], torch.tensor(cols)[None, :]] = rbf_weights(image[idx], cents, self.options.sigma)
+        return w
+
+    # --- hooks -----------------------------------------------------------------------------
+
+    def before_chunk(self, index: int, rows: Rows) -> None:
+        """Pseudo-tasks of this chunk: groups by instruction, matched to experts by mean image."""
+        o = self.options
+        self._pending = None
+        text, image = self.views.rows(rows)
+        groups = torch.tensor([self.assign_group(t) for t in text])
+        unit = F.normalize(image.float(), dim=-1)
+        expert_of = torch.full((len(rows),), -1, dtype=torch.long)
+        for g in groups.unique().tolist():
+            members = (groups == g).nonzero().flatten()
+            mean = F.normalize(unit[members].mean(0), dim=0)
+            known = self.experts_of_group(g)
+            sims = torch.stack([self.experts[e].centroid @ mean for e in known]) if known else torch.zeros(0)
+            if known and float(sims.max()) >= o.reuse_threshold:
+                e = known[int(sims.argmax())]
+            elif members.numel() >= o.min_rows:
+                self.experts.append(Expert(g, torch.zeros_like(mean), 0))
+                e = len(self.experts) - 1
+            else:
+                continue  # too few rows for a new task: served by the experts there are
+            expert_of[members] = e
+            self.experts[e].centroid_sum += unit[members].sum(0)
+            self.experts[e].rows += members.numel()
+        counts = torch.bincount(expert_of[expert_of >= 0], minlength=len(self.experts))
+        active = [int(e) for e in counts.argsort(descending=True, stable=True)[: o.max_active] if counts[e] > 0]
+        self.blocks = {e: k for k, e in enumerate(sorted(active))}
+        self.rows_of = {r["id"]: (int(g), int(e)) for r, g, e in zip(rows, groups, expert_of, strict=True)}
+        for layer in self.layers():
+            layer.set_experts([layer.factors(e) for e in range(len(self.experts))])
+            layer.penalty_basis = {}
+            if o.ortho_weight > 0:
+                for e in self.blocks:
+                    others = set(self.experts_of_group(self.experts[e].group)) - {e}
+                    basis = output_basis(layer.expert_columns(others))
+                    if basis is not None:
+                        layer.penalty_basis[e] = basis
+
+    def before_forward(self, batch: dict[str, torch.Tensor], rows: Rows) -> None:
+        ids = [r.get("id") for r in rows]
+        mask = batch["attention_mask"].bool()
+        image_mask = batch["input_ids"] == self.image_token if self.image_token is not None else mask
+        penalty_mask = torch.where(image_mask.any(1, keepdim=True), image_mask, mask)
+        for layer in self.layers():
+            layer.token_mask, layer.penalty_mask = mask, penalty_mask
+        if ids and all(i in self.rows_of for i in ids):  # this chunk's rows: their pseudo-task
+            groups = torch.tensor([self.rows_of[i][0] for i in ids])
+            owners: torch.Tensor | None = torch.tensor([self.rows_of[i][1] for i in ids])
+        else:
+            text = self.views.text(batch, rows)
+            sims = self.group_sims(text)
+            groups = sims.argmax(-1).cpu() if sims.shape[1] else torch.zeros(len(rows), dtype=torch.long)
+            owners = None
+        self._pending = (groups, owners)
+        self.tap.set_batch(batch)
+
+    def _on_image(self, image: torch.Tensor) -> None:
+        if self._pending is None:
+            return
+        groups, owners = self._pending
+        device = image.device
+        w = self.route(groups, image.cpu())
+        block = block_weight = gamma = owner_dev = None
+        if owners is not None and self.blocks:
+            block = torch.tensor([self.blocks.get(int(e), -1) for e in owners])
+            own = w[torch.arange(len(owners)), owners.clamp_min(0)] * (owners >= 0)
+            block_weight, gamma = own.to(device), (1 - own).to(device)
+            block, owner_dev = block.to(device), owners.to(device)
+        w = w.to(device)
+        for layer in self.layers():
+            layer.weights, layer.block, layer.block_weight = w, block, block_weight
+            layer.expert_of_row, layer.gamma = owner_dev, gamma
+        if any(layer.recording for layer in self.layers()):
+            n = self.group_sum.shape[0] if self.group_sum is not None else 1
+            counts = torch.bincount(groups, minlength=n).double()
+            self.choices = counts if self.choices is None else self.choices + counts
+
+    def loss(self, task_loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        terms = [layer.ortho for layer in self.layers() if layer.ortho is not None]
+        if not terms or self.options.ortho_weight == 0:
+            return task_loss
+        return task_loss + self.options.ortho_weight * torch.stack(terms).mean()
+
+    def after_chunk(self, index: int, rows: Rows) -> None:
+        """Fold every block into its expert, grown by the measured gap; drop experts left empty."""
+        o = self.options
+        grown: dict[int, list[float]] = {e: [] for e in self.blocks}
+        gaps: dict[int, list[float]] = {e: [] for e in self.blocks}
+        per_layer = []
+        for layer in self.layers():
+            factors = [layer.factors(e) for e in range(len(self.experts))]
+            for e, k in self.blocks.items():
+                group = set(self.experts_of_group(self.experts[e].group))
+                A_new, B_new = layer.block_factors(k)
+                A_e, B_e, info = grow_expert(*factors[e], A_new, B_new, output_basis(layer.expert_columns(group)),
+                                             o.tau, o.rank_max or o.rank)
+                factors[e] = (A_e, B_e)
+                grown[e].append(info["grew"])
+                gaps[e].append(info["gap_fraction"])
+            per_layer.append(factors)
+        keep = [e for e in range(len(self.experts)) if any(f[e][0].shape[0] for f in per_layer)]
+        gen = torch.Generator().manual_seed(derive_seed(self.ctx.seed, "cram-buffer", index))
+        for layer, factors in zip(self.layers(), per_layer, strict=True):
+            layer.set_experts([factors[e] for e in keep])
+            with torch.no_grad():  # fresh blocks for the next chunk
+                bound = (6 / ((1 + 5) * layer.in_features)) ** 0.5  # kaiming_uniform_(a=√5), as LoRALinear
+                layer.lora_A.copy_(torch.empty(layer.lora_A.shape).uniform_(-bound, bound, generator=gen))
+                layer.lora_B.zero_()
+            layer.weights = layer.block = layer.block_weight = layer.gamma = layer.expert_of_row = None
+            layer.penalty_basis = {}
+        new_id = {old: new for new, old in enumerate(keep)}
+        self.history.append({
+            "chunk": index,
+            "trained": [{"expert": new_id.get(e), "group": self.experts[e].group, "rank_added": int(sum(grown[e])),
+                         "gap_fraction_mean": round(sum(gaps[e]) / max(1, len(gaps[e])), 4)}
+                        for e in sorted(self.blocks)],
+            "experts": len(keep),
+            "rank_total": sum(int(layer.expert_A.shape[0]) for layer in self.layers()),
+        })
+        self.experts = [self.experts[e] for e in keep]
+        self.blocks, self.rows_of = {}, {}
+
+    # --- analysis and state ----------------------------------------------------------------
+
+    def parameter_counts(self) -> dict[str, int]:
+        counts = super().parameter_counts()
+        frozen = sum(layer.expert_A.numel() + layer.expert_B.numel() for layer in self.layers())
+        return {"trainable": counts["trainable"], "adapter": counts["adapter"] + frozen}
+
+    def routing_reset(self) -> None:
+        super().routing_reset()
+        self.choices = None
+
+    def routing_summary(self) -> dict[str, Any] | None:
+        out = super().routing_summary()
+        if out is not None and self.choices is not None:
+            out["group_choice"] = [round(float(v), 6) for v in self.choices / self.choices.sum().clamp_min(1)]
+        return out
+
+    def info(self) -> dict[str, Any]:
+        return {"experts": len(self.experts), "groups": 0 if self.group_sum is None else self.group_sum.shape[0],
+                "expert_groups": [ex.group for ex in self.experts], "history": self.history}
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors: dict[str, torch.Tensor] = {}
+        for name, layer in self.adapters(CRAMLinear):
+            tensors[f"{name}.expert_A"] = layer.expert_A
+            tensors[f"{name}.expert_B"] = layer.expert_B
+            tensors[f"{name}.expert_of"] = layer.expert_of
+        if self.group_sum is not None:
+            tensors["group_sum"] = self.group_sum
+        for e, ex in enumerate(self.experts):
+            tensors[f"centroid_sum.{e}"] = ex.centroid_sum
+        return tensors, {"experts": [[ex.group, ex.rows] for ex in self.experts], "history": self.history}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.experts = [Expert(g, tensors[f"centroid_sum.{e}"], n) for e, (g, n) in enumerate(meta["experts"])]
+        for name, layer in self.adapters(CRAMLinear):
+            of = tensors[f"{name}.expert_of"]
+            A, B = tensors[f"{name}.expert_A"], tensors[f"{name}.expert_B"]
+            layer.set_experts([(A[of == e], B[:, of == e]) for e in range(len(self.experts))])
+        self.group_sum = tensors.get("group_sum")
+        self.history = list(meta["history"])
