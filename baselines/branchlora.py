@@ -284,7 +284,8 @@ class BranchLoRA(ExpertMethod):
         k = o.top_k if o.freeze_top_k is None else o.freeze_top_k
         keep = o.top_k if o.min_tunable is None else o.min_tunable
         for name, layer in self.named_layers():
-            self.frozen[name] = refreeze(self.frozen[name], layer.usage.cpu(), k, keep)
+            usage = self.ctx.parallel.sum_(layer.usage)  # every rank saw a share of the chunk
+            self.frozen[name] = refreeze(self.frozen[name], usage.cpu(), k, keep)
 
     # --- analysis and state ---------------------------------------------------------------------
 
@@ -294,8 +295,11 @@ class BranchLoRA(ExpertMethod):
 
     def routing_summary(self) -> dict[str, Any] | None:
         out = super().routing_summary()
-        if out is not None and self.choices is not None:
-            out["router_choice"] = [round(float(v), 6) for v in self.choices / self.choices.sum().clamp_min(1)]
+        n = len(self.keys)
+        counts = self.choices if self.choices is not None else torch.zeros(n, dtype=torch.float64)
+        counts = self.ctx.parallel.sum_(torch.nn.functional.pad(counts, (0, max(0, n - counts.numel()))))
+        if out is not None and counts.sum() > 0:
+            out["router_choice"] = [round(float(v), 6) for v in counts / counts.sum()]
         return out
 
     def info(self) -> dict[str, Any]:

@@ -425,8 +425,11 @@ class CRAM(ExpertMethod):
 
     def routing_summary(self) -> dict[str, Any] | None:
         out = super().routing_summary()
-        if out is not None and self.choices is not None:
-            out["group_choice"] = [round(float(v), 6) for v in self.choices / self.choices.sum().clamp_min(1)]
+        n = 0 if self.group_sum is None else self.group_sum.shape[0]
+        counts = self.choices if self.choices is not None else torch.zeros(n, dtype=torch.float64)
+        counts = self.ctx.parallel.sum_(torch.nn.functional.pad(counts, (0, max(0, n - counts.numel()))))
+        if out is not None and counts.sum() > 0:
+            out["group_choice"] = [round(float(v), 6) for v in counts / counts.sum()]
         return out
 
     def info(self) -> dict[str, Any]:

@@ -84,7 +84,8 @@ class EWC(Method):
         fisher = {n: torch.zeros_like(p) for n, p in self.params.items()}
         was_training = self.model.training
         self.model.eval()  # no dropout: the Fisher of the model as deployed
-        for row in sample:
+        parallel = self.ctx.parallel
+        for row in parallel.shard(sample):  # each rank its share of the sample, then summed
             self.model.zero_grad(set_to_none=True)
             self.ctx.batch_loss([row], sum_over_tokens=True).backward()  # -log p(y|x) of the answer
             for n, p in self.params.items():
@@ -92,6 +93,8 @@ class EWC(Method):
                     fisher[n] += p.grad.detach() ** 2
         self.model.zero_grad(set_to_none=True)
         self.model.train(was_training)
+        for f in fisher.values():
+            parallel.sum_(f)
         return {n: f / len(sample) for n, f in fisher.items()}
 
     def after_chunk(self, index: int, rows: Rows) -> None:
@@ -99,6 +102,10 @@ class EWC(Method):
             return
         self.fisher = online_fisher(self.fisher, self.estimate_fisher(index, rows), self.options.gamma)
         self.anchor = self._snapshot()
+
+    def synchronize(self) -> None:
+        """Nothing to send: the Fisher is summed over ranks as it is estimated (or, for the
+        authors' variant, built from gradients DDP already averaged), the anchor is parameters."""
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {}

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from strcvit_bench.errors import StrcvitError
 from strcvit_bench.methods.base import Method, MethodOptions, Rows
 from strcvit_bench.seeding import derive_rng
 
@@ -64,6 +65,16 @@ class Replay(Method):
             for row in batch:
                 self.reservoir.add(row["id"], buffer_rng)
             yield batch + replayed
+
+    def synchronize(self) -> None:
+        """Every rank draws the same global batches and buffer decisions from the run's seed, so
+        the buffers must already agree; check it, and fail loudly rather than train on drift."""
+        p = self.ctx.parallel
+        if not p.enabled:
+            return
+        theirs = p.gather((self.reservoir.seen, self.reservoir.items))
+        if any(t != theirs[0] for t in theirs):
+            raise StrcvitError("replay buffers differ across processes; the run is not deterministic across ranks")
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return {}, {"items": self.reservoir.items, "seen": self.reservoir.seen, "capacity": self.reservoir.capacity}

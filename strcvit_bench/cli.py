@@ -7,6 +7,8 @@ Commands are thin: they parse options, call the library and print. User mistakes
 from __future__ import annotations
 
 import functools
+import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -228,7 +231,6 @@ def demo_cmd(
                                          help="Smaller demo: a shorter pre-training of the tiny base."),
 ) -> None:
     """The main job on the embedded default: build the demo stream, train every method, write the leaderboard."""
-    import json
     import time
 
     from strcvit_bench.methods.registry import get_method
@@ -327,6 +329,13 @@ def run_cmd(
     opt: list[str] = typer.Option([], "--opt", "-O", help="Method option key=value (repeatable)."),
     target_modules: str = typer.Option(None, "--target-modules", help="Regex of linear layers to adapt."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast, training and generation)"),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1, help="Micro-batches per optimiser step."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing",
+                                                help="Recompute activations in the backward pass."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model's forward."),
+    num_processes: int = typer.Option(1, "--num-processes", min=1,
+                                      help="Data-parallel processes: re-launches itself with `accelerate launch`."),
     pretrain_samples: int = typer.Option(None, "--pretrain-samples", min=0,
                                          help="Tiny model: captions seen when pre-training the base."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished chunk."),
@@ -336,8 +345,10 @@ def run_cmd(
 ) -> None:
     """Train a model on a stream chunk by chunk with a method; score every task after every chunk."""
     from strcvit_bench.methods.registry import get_method, parse_options
+    from strcvit_bench.parallel import launched_world_size
     from strcvit_bench.training.config import RunConfig
     from strcvit_bench.training.runner import run
+
 
     ablations = [f"{k}=false" for k, on in (("task_select", no_task_select), ("token_weights", no_token_weights),
                                              ("stability", no_stability)) if on]
@@ -350,6 +361,8 @@ def run_cmd(
         "stream": str(stream), "method": method, "method_options": options.model_dump(exclude_unset=True),
         "model": model, "seed": seed, "epochs_per_chunk": epochs_per_chunk, "batch_size": batch_size,
         "eval_batch_size": eval_batch_size, "eval_limit": eval_limit, "max_chunks": max_chunks, "device": device,
+        "precision": precision, "grad_accum": grad_accum, "gradient_checkpointing": gradient_checkpointing,
+        "compile": compile_model,
         "pretrain_samples": pretrain_samples,
         "out": str(out or Path("runs") / f"{stream.name}-{method}-s{seed}"),
     }
@@ -359,9 +372,25 @@ def run_cmd(
         values["lr_later"] = lr_later
     if target_modules is not None:
         values["target_modules"] = target_modules
-    config = RunConfig.model_validate(values)
-    with progress_bar(f"{method} on {stream.name}") as update:
-        results = run(config, resume=resume, progress=update)
+    try:
+        config = RunConfig.model_validate(values)
+    except ValidationError as exc:
+        raise StrcvitError("; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
+                                     for e in exc.errors())) from None
+    if num_processes > 1 and launched_world_size() == 1:
+        from strcvit_bench.training.launch import relaunch
+
+        say(f"{method} on {stream.name}: {num_processes} processes (accelerate launch)")
+        code = relaunch(config, resume, num_processes)
+        if code:
+            raise typer.Exit(code)
+        results = json.loads((Path(config.out) / "results.json").read_text())
+    elif launched_world_size() > 1 and os.environ.get("RANK", "0") != "0":
+        run(config, resume=resume)  # the other ranks train and score their shares silently
+        return
+    else:
+        with progress_bar(f"{method} on {stream.name}") as update:
+            results = run(config, resume=resume, progress=update)
     _print_matrix(results)
     say(f"results: {Path(config.out) / 'results.json'}")
 
@@ -374,7 +403,6 @@ def inspect_run_cmd(
     plot: Path = typer.Option(None, "--plot", help="Where to write the routing PNG (default RUN_DIR/routing.png)."),
 ) -> None:
     """Show a run's accuracy matrix and, for expert methods, expert activation by task (PNG)."""
-    import json
 
     from strcvit_bench.reports.routing import last_point, plot_routing
 

@@ -34,8 +34,10 @@ class RoutingStats:
         self.stat_samples = 0
 
     def record_tokens(self, weights: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """Accumulate per-token expert weights (..., E); `mask` (...) marks real tokens."""
-        if not self.recording:
+        """Accumulate per-token expert weights (B, L, E) over the prompt; `mask` (B, L) marks real
+        tokens. Decoding steps (L = 1) are left out: how many there are for a row depends on the
+        other rows of its batch, and statistics must not depend on how evaluation is batched."""
+        if not self.recording or (weights.dim() >= 3 and weights.shape[-2] == 1):
             return
         w = weights.detach().to(torch.float64).reshape(-1, self.experts)
         if mask is not None:

@@ -9,14 +9,17 @@ import torch
 
 from strcvit_bench.evaluation.scoring import get_metric
 from strcvit_bench.models.base import ModelBundle, model_inputs
+from strcvit_bench.training.trainer import autocast
 
 Rows = list[dict[str, Any]]
 
 
 @torch.no_grad()
 def generate_answers(bundle: ModelBundle, rows: Rows, batch_size: int,
-                     before_forward: Callable[[dict[str, torch.Tensor], Rows], None] | None = None) -> list[str]:
+                     before_forward: Callable[[dict[str, torch.Tensor], Rows], None] | None = None,
+                     precision: str = "fp32") -> list[str]:
     """Greedy decoding with left-padded prompts and the KV cache (transformers' generate)."""
+
     model, enc = bundle.model, bundle.encoder
     was_training = model.training
     model.eval()
@@ -28,8 +31,9 @@ def generate_answers(bundle: ModelBundle, rows: Rows, batch_size: int,
         if before_forward is not None:
             before_forward(batch, [{k: v for k, v in r.items() if k != "task"} for r in chunk])
         inputs = model_inputs(batch)
-        out = model.generate(**inputs, max_new_tokens=bundle.max_new_tokens, do_sample=False,
-                             pad_token_id=enc.pad_token_id, eos_token_id=enc.eos_token_id)
+        with autocast(precision, device):
+            out = model.generate(**inputs, max_new_tokens=bundle.max_new_tokens, do_sample=False,
+                                 pad_token_id=enc.pad_token_id, eos_token_id=enc.eos_token_id)
         answers.extend(enc.decode(out[:, inputs["input_ids"].shape[1]:]))
     model.train(was_training)
     return answers

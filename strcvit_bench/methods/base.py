@@ -23,6 +23,7 @@ from torch import nn
 
 from strcvit_bench.adapters import LoRALinear, adapter_layers, inject
 from strcvit_bench.models.base import ModelBundle
+from strcvit_bench.parallel import Parallel
 
 Rows = list[dict[str, Any]]
 
@@ -50,6 +51,7 @@ class MethodContext:
     lookup_rows: Callable[[list[str]], Rows]
     batch_loss: Callable[..., torch.Tensor]  # (rows, sum_over_tokens=False) -> answer NLL
     extra: dict[str, Any] = field(default_factory=dict)
+    parallel: Parallel = field(default_factory=lambda: Parallel(distributed=False))
 
 
 class Method:
@@ -147,6 +149,18 @@ class Method:
     def info(self) -> dict[str, Any]:
         """Extra facts for results.json (e.g. buffer size)."""
         return {}
+
+    def synchronize(self) -> None:
+        """After each chunk, on every rank: make the method's state rank 0's. Parameters are kept
+        equal by DDP; this covers what a method decides itself (clusters, experts, frozen sets).
+        Methods whose state is already reduced across ranks, or verified equal, override it."""
+        p = self.ctx.parallel
+        if not p.enabled:
+            return
+        tensors, meta = self.state()
+        tensors, meta = p.broadcast(({k: v.detach().cpu() for k, v in tensors.items()}, meta))
+        if not p.is_main:
+            self.load_state(tensors, meta)
 
     # --- routing analysis (expert methods) ---------------------------------------------------
 

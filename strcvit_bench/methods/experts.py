@@ -42,8 +42,27 @@ class ExpertMethod(Method):
             layer.reset_stats()
             layer.recording = True
 
+    def _reduce_stats(self, layers: list[RoutingStats], extra: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Sum every layer's counters (and `extra`) over ranks, in one collective."""
+        p = self.ctx.parallel
+        if not p.enabled:
+            return extra
+        parts = [t for layer in layers for t in (layer.stat_weight, layer.stat_select,
+                                                   torch.tensor([layer.stat_tokens, layer.stat_samples],
+                                                                dtype=torch.float64))]
+        flat = p.sum_(torch.cat(parts + ([extra.double()] if extra is not None else [])))
+        offset = 0
+        for layer in layers:
+            e = layer.experts
+            layer.stat_weight = flat[offset: offset + e].clone()
+            layer.stat_select = flat[offset + e: offset + 2 * e].clone()
+            layer.stat_tokens, layer.stat_samples = int(flat[offset + 2 * e]), int(flat[offset + 2 * e + 1])
+            offset += 2 * e + 2
+        return flat[offset:].clone() if extra is not None else None
+
     def routing_summary(self) -> dict[str, Any] | None:
         layers = self.expert_layers()
+        self._reduce_stats(layers)
         for layer in layers:
             layer.recording = False
         tokens = sum(layer.stat_tokens for layer in layers)

@@ -86,6 +86,13 @@ class StrLoRA(ExpertMethod):
         for layer in self.layers():
             layer.update_ema(self.options.ema_momentum)
 
+    def synchronize(self) -> None:
+        """The EMA references follow identical parameters on every rank; averaging them once per
+        chunk keeps float drift from ever separating the ranks' stability targets."""
+        for layer in self.layers():
+            for buf in (layer.ema_Wq, layer.ema_Wk, layer.ema_P):
+                self.ctx.parallel.mean_(buf)
+
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {}
         for name, layer in self.adapters(StrLoRALinear):

@@ -59,13 +59,16 @@ class WeightOnlyGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
+        ctx.w_dtype = W.dtype
         return q.clone()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
-        grad_w = grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
-        return None, None, grad_w
+        # under autocast the incoming gradient is bf16 while x kept its own dtype
+        dtype = torch.promote_types(grad.dtype, x.dtype)
+        grad_w = grad.reshape(-1, grad.shape[-1]).t().to(dtype) @ x.reshape(-1, x.shape[-1]).to(dtype)
+        return None, None, grad_w.to(ctx.w_dtype)
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, tau: float = 1.0) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +34,10 @@ class RunConfig(BaseModel):
     train_projector: bool = True
     device: str = "auto"
     dtype: str = "auto"
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="autocast for training and generation")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step (the batch size is the step's)")
+    gradient_checkpointing: bool = False
+    compile: bool = Field(False, description="torch.compile the model's forward")
     pretrain_samples: int | None = Field(None, ge=0, description="tiny model: captions seen in pre-training")
 
     @property
@@ -58,4 +62,5 @@ class RunConfig(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         """What must match for `--resume` to continue a run (not where it writes or how it evaluates)."""
-        return self.model_dump(exclude={"out", "max_chunks", "eval_batch_size", "device"})
+        return self.model_dump(exclude={"out", "max_chunks", "eval_batch_size", "device", "gradient_checkpointing",
+                                        "compile"})

@@ -25,6 +25,7 @@ from strcvit_bench.evaluation.evaluator import generate_answers, score_task
 from strcvit_bench.evaluation.metrics import all_metrics, first_seen_from_counts
 from strcvit_bench.io import atomic_write_json, atomic_write_text
 from strcvit_bench.methods.registry import get_method, parse_options
+from strcvit_bench.parallel import Parallel
 from strcvit_bench.streams.stream import verify_stream
 from strcvit_bench.training import checkpoint, setup
 from strcvit_bench.training.config import RunConfig
@@ -40,14 +41,19 @@ def _peak_rss_mib() -> float:
 
 
 class Run:
+    """One run, on one process or, under `accelerate launch`, on each of several: every rank
+    trains its share of each step and scores its share of each test set; rank 0 writes."""
+
     def __init__(self, config: RunConfig, resume: bool = False, progress: Progress | None = None):
         self.config = config
-        self.progress = progress
+        self.parallel = Parallel(config.device)
+        self.progress = progress if self.parallel.is_main else None
         self.out = Path(config.out)
         self.stream = verify_stream(config.stream)
         self.method_cls = get_method(config.method)
         self.options = parse_options(self.method_cls, config.method_options)
         self.resume_from = self._check_out_dir(resume)
+        self.parallel.barrier()  # every rank has checked the directory before rank 0 writes to it
 
     def _check_out_dir(self, resume: bool) -> int | None:
         cfg_path = self.out / "run_config.json"
@@ -75,10 +81,12 @@ class Run:
         cfg, stream = self.config, self.stream
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed)
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.out / "run_config.json", cfg.model_dump())
+        main = self.parallel.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / "run_config.json", cfg.model_dump())
         store = RowStore(stream, hide_task=not stream.manifest.get("task_ids_visible", False))
-        bundle, method, params = setup.build(cfg, stream, store.lookup, self.progress)
+        bundle, method, params = setup.build(cfg, stream, store.lookup, self.progress, self.parallel)
         self.method, self.bundle = method, bundle
         tasks = stream.manifest["tasks"]
         tests = {t["name"]: stream.read_test(t["name"]).to_pylist()[: cfg.eval_limit] for t in tasks}
@@ -100,7 +108,7 @@ class Run:
         for index in range(start, last):
             self._say(f"chunk {index}: training", index, last)
             rows = store.chunk(index)
-            stats = train_chunk(bundle, method, params, index, rows, cfg)
+            stats = train_chunk(bundle, method, params, index, rows, cfg, self.parallel)
             self._say(f"chunk {index}: evaluating", index, last)
             t0 = time.perf_counter()
             scores = self._evaluate(tests, tasks, f"chunk_{index:03d}", method)
@@ -110,25 +118,31 @@ class Run:
             state["accuracy_matrix"].append(scores)
             state["per_chunk"].append(stats)
             m_tensors, m_meta = method.state()
-            checkpoint.save(self.out, index, dict(params), m_tensors, m_meta, state)
+            if main:
+                checkpoint.save(self.out, index, dict(params), m_tensors, m_meta, state)
             self._write_results(state, params, first_seen, method, bundle)
             self._say(f"chunk {index}: done", index + 1, last)
+        self.parallel.barrier()  # results.json is complete before any rank returns
         return json.loads((self.out / "results.json").read_text())
 
     def _evaluate(self, tests: dict[str, list[dict]], tasks: list[dict], tag: str, method) -> list[float]:
         scores, routing = [], {}
+        par = self.parallel
         for task in tasks:
             rows = tests[task["name"]]
             method.routing_reset()
-            preds = generate_answers(self.bundle, rows, self.config.eval_batch_size, method.before_forward)
+            mine = generate_answers(self.bundle, par.shard(rows), self.config.eval_batch_size, method.before_forward,
+                                    self.config.precision)
+            preds = par.unshard(mine, len(rows))  # every rank scored its share; all get all, in order
             summary = method.routing_summary()
             if summary is not None:
                 routing[task["name"]] = summary
             score, records = score_task(task["metric"], rows, preds)
-            atomic_write_text(self.out / "predictions" / tag / f"{task['name']}.jsonl",
-                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            if par.is_main:
+                atomic_write_text(self.out / "predictions" / tag / f"{task['name']}.jsonl",
+                                  "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             scores.append(score)
-        if routing:
+        if routing and par.is_main:
             self._record_routing(tag, routing)
         return scores
 
@@ -142,6 +156,8 @@ class Run:
         atomic_write_json(path, data)
 
     def _write_results(self, state: dict, params: dict, first_seen: list, method, bundle) -> None:
+        if not self.parallel.is_main:
+            return
         cfg, stream = self.config, self.stream
         R = state["accuracy_matrix"]
         per = state["per_chunk"]
@@ -168,7 +184,8 @@ class Run:
             "timings": {"train_seconds": sum(p["train_seconds"] for p in per),
                         "eval_seconds": sum(p["eval_seconds"] for p in per),
                         "base_eval_seconds": state["base_eval_seconds"]},
-            "env": {"versions": library_versions(), "hardware": hardware(), "commit": git_commit()},
+            "env": {"versions": library_versions(), "hardware": hardware(), "commit": git_commit(),
+                    "processes": self.parallel.world},
             "config": cfg.model_dump(),
         }
         atomic_write_json(self.out / "results.json", results)

@@ -14,6 +14,7 @@ from strcvit_bench.errors import StrcvitError
 from strcvit_bench.methods import Method, MethodContext
 from strcvit_bench.methods.registry import get_method, parse_options
 from strcvit_bench.models import ModelBundle, load_model
+from strcvit_bench.parallel import Parallel
 from strcvit_bench.seeding import derive_seed
 from strcvit_bench.streams.stream import Stream
 from strcvit_bench.training import checkpoint
@@ -39,31 +40,43 @@ def device_for(name: str) -> torch.device:
 
 
 def build(cfg: RunConfig, stream: Stream, lookup_rows: Callable[[list[str]], list[dict[str, Any]]] = lambda ids: [],
-          progress: Callable[[str, int, int], None] | None = None
+          progress: Callable[[str, int, int], None] | None = None, parallel: Parallel | None = None
           ) -> tuple[ModelBundle, Method, dict[str, torch.nn.Parameter]]:
     """The configured model on its device, the method attached, and its trainable parameters."""
+    parallel = parallel or Parallel(distributed=False)
     tiny: dict[str, Any] = {}
     if cfg.model == "tiny" and cfg.pretrain_samples is not None:
         from strcvit_bench.models.tiny import PretrainRecipe
 
         tiny["recipe"] = PretrainRecipe(samples=cfg.pretrain_samples)
-    bundle = load_model(cfg.model, stream_texts=stream_texts(stream) if cfg.model == "tiny" else (),
-                        dtype=cfg.dtype, progress=progress, **tiny)
+    with parallel.main_first():  # rank 0 pre-trains and caches the tiny base; the others read it
+        bundle = load_model(cfg.model, stream_texts=stream_texts(stream) if cfg.model == "tiny" else (),
+                            dtype=cfg.dtype, progress=progress, **tiny)
     bundle.target_modules = cfg.target_modules
     bundle.projector_modules = cfg.projector_modules if cfg.train_projector else r"(?!)"
-    bundle.model.to(device_for(cfg.device))
+    bundle.model.to(parallel.device if parallel.enabled else device_for(cfg.device))
+    if cfg.gradient_checkpointing:
+        model = bundle.model  # transformers 5 renamed it; older releases only have the first name
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     cls = get_method(cfg.method)
     ctx = MethodContext(
         bundle=bundle, seed=cfg.seed, num_chunks=stream.num_chunks, chunk_size=int(stream.manifest["chunk_size"]),
         task_ids_visible=bool(stream.manifest.get("task_ids_visible", False)), lookup_rows=lookup_rows,
-        batch_loss=lambda *a, **k: None,
+        batch_loss=lambda *a, **k: None, parallel=parallel,
     )
     method = cls(parse_options(cls, cfg.method_options), ctx)
     ctx.batch_loss = functools.partial(batch_loss, bundle, method)
     # adapters draw their initial weights from a seed of their own: the global generator's state
     # here depends on whether the tiny base was just pre-trained or read from the cache
     torch.manual_seed(derive_seed(cfg.seed, "adapters"))
-    return bundle, method, method.setup()
+    params = method.setup()
+    if cfg.compile:
+        bundle.model.compile()  # in place: generate() and the methods' hooks keep working
+    return bundle, method, params
 
 
 def restore(run_dir: Path, index: int, method: Method, params: dict[str, torch.nn.Parameter]) -> dict[str, Any]:

@@ -4,10 +4,16 @@ Each chunk gets a fresh AdamW, as the authors run every chunk as its own trainin
 first chunk warms up and decays (cosine), later chunks train at a constant, lower rate
 (DESIGN.md §3a). Dropout and batch order are seeded from (seed, chunk), so a run resumed at a
 chunk boundary continues exactly as an uninterrupted one.
+
+A batch is the optimiser step's: the method yields it whole on every rank, each rank trains its
+share in `grad_accum` micro-batches, and every micro-batch's answer loss is weighted by its
+share of the step's answer tokens (counted over all ranks), so a step's gradient is the same
+whether it ran on one process in one piece or on several, accumulated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -17,8 +23,21 @@ import torch
 from strcvit_bench.errors import StrcvitError
 from strcvit_bench.methods.base import Method, Rows
 from strcvit_bench.models.base import ModelBundle, model_inputs
+from strcvit_bench.parallel import Parallel
 from strcvit_bench.seeding import derive_rng, derive_seed
 from strcvit_bench.training.config import RunConfig
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast for `precision="bf16"` (CPU and GPU alike); nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens the causal-LM loss averages over (labels shifted by one, -100 ignored)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
 
 
 def batch_loss(bundle: ModelBundle, method: Method, rows: Rows, sum_over_tokens: bool = False) -> torch.Tensor:
@@ -28,12 +47,25 @@ def batch_loss(bundle: ModelBundle, method: Method, rows: Rows, sum_over_tokens:
     method.before_forward(batch, rows)
     loss = bundle.model(**model_inputs(batch)).loss
     if sum_over_tokens:
-        loss = loss * (batch["labels"][:, 1:] != -100).sum()
+        loss = loss * answer_tokens(batch)
     return loss
 
 
+def split(rows: Rows, parts: int) -> list[Rows]:
+    """`rows` in `parts` nearly equal, contiguous, non-empty pieces (fewer if rows are few)."""
+    parts = max(1, min(parts, len(rows)))
+    size, extra = divmod(len(rows), parts)
+    out, start = [], 0
+    for k in range(parts):
+        end = start + size + (1 if k < extra else 0)
+        out.append(rows[start:end])
+        start = end
+    return out
+
+
 def train_chunk(bundle: ModelBundle, method: Method, params: dict[str, torch.nn.Parameter], index: int,
-                rows: Rows, config: RunConfig) -> dict[str, Any]:
+                rows: Rows, config: RunConfig, parallel: Parallel | None = None) -> dict[str, Any]:
+    parallel = parallel or Parallel(distributed=False)
     torch.manual_seed(derive_seed(config.seed, "train", index))
     rng = derive_rng(config.seed, "batches", index)
     model = bundle.model
@@ -50,33 +82,52 @@ def train_chunk(bundle: ModelBundle, method: Method, params: dict[str, torch.nn.
     else:
         lam = lambda s: 1.0  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
+    net = parallel.wrap(model)  # this chunk's trainable set; DDP when launched on several processes
     model.train()
-    losses, seen, started = [], 0, time.perf_counter()
+    loss_sum, token_sum, steps, seen, started = 0.0, 0, 0, 0, time.perf_counter()
     for epoch in range(config.epochs_per_chunk):
         for batch_rows in method.batches(index, rows, config.train_batch_size, rng if epoch == 0 else
                                          derive_rng(config.seed, "batches", index, epoch)):
-            batch = bundle.encoder.train_batch(batch_rows)
-            batch = {k: v.to(device) for k, v in batch.items()}
+            mine = parallel.shard(batch_rows)
+            idle = not mine  # a step smaller than the world: this rank still joins the gradient sync
+            micro = split(mine or batch_rows[:1], config.grad_accum)
+            batches = [{k: v.to(device) for k, v in bundle.encoder.train_batch(m).items()} for m in micro]
+            counts = [0 if idle else answer_tokens(b) for b in batches]
+            step_tokens = parallel.total(sum(counts))
             try:
-                method.before_forward(batch, batch_rows)
-                task_loss = model(**model_inputs(batch)).loss
-                loss = method.loss(task_loss, batch)
-                loss.backward()
+                for j, (m, batch, n) in enumerate(zip(micro, batches, counts, strict=True)):
+                    sync = j == len(micro) - 1
+                    with parallel.no_sync(net) if not sync else contextlib.nullcontext():
+                        with autocast(config.precision, device):
+                            method.before_forward(batch, m)
+                            task_loss = net(**model_inputs(batch)).loss
+                            # this piece's share of the step's tokens; DDP averages over ranks
+                            factor = n * parallel.world / step_tokens if step_tokens else 0.0
+                            K = len(micro)
+                            loss = method.loss(task_loss * (factor * K) if factor * K != 1.0 else task_loss, batch)
+                            loss = loss / K if not idle else loss * 0.0
+                        loss.backward()
+                    loss_sum += float(task_loss.detach()) * n
+                    token_sum += n
             except torch.OutOfMemoryError:
                 raise StrcvitError(
                     f"out of memory training chunk {index} with batches of {len(batch_rows)} rows on {device}; "
-                    f"lower --batch-size (the run resumes from its last finished chunk with --resume)") from None
+                    f"lower --batch-size or raise --grad-accum (the run resumes from its last finished chunk "
+                    f"with --resume)") from None
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()
             sched.step()
             method.after_step()
             opt.zero_grad(set_to_none=True)
-            losses.append(task_loss.item())
+            steps += 1
             seen += len(batch_rows)
+    parallel.release()
     method.after_chunk(index, rows)
+    method.synchronize()
     model.eval()
     seconds = time.perf_counter() - started
-    return {"train_loss": sum(losses) / max(1, len(losses)), "train_seconds": seconds, "train_samples": seen,
-            "train_samples_per_s": seen / seconds if seconds else None, "steps": len(losses),
+    tokens = parallel.total(token_sum)
+    return {"train_loss": parallel.total(loss_sum) / tokens if tokens else float("nan"), "train_seconds": seconds,
+            "train_samples": seen, "train_samples_per_s": seen / seconds if seconds else None, "steps": steps,
             "trainable_params": sum(p.numel() for p in trainable),
             "adapter_params": method.parameter_counts()["adapter"]}
