@@ -137,6 +137,7 @@ class BranchLoRALinear(LoRALinear, RoutingStats):
         self.top_k = top_k
         self.routers = 0
         self.cluster: torch.Tensor | None = None      # (B,) each sample's router
+        self.cluster_index: tuple[torch.Tensor, torch.Tensor] | None = None  # its unique values, inverse
         self.prompt_mask: torch.Tensor | None = None  # (B, L) the tokens the router reads
         self._gates: torch.Tensor | None = None
         self.usage = torch.zeros(branches, device=base.weight.device)
@@ -165,18 +166,20 @@ class BranchLoRALinear(LoRALinear, RoutingStats):
             return self._gates
         if self.routers == 0 or self.cluster is None:
             return x.new_zeros(x.shape[0], self.experts)
-        uniq, inverse = self.cluster.unique(return_inverse=True)
-        W = torch.stack([self.router(int(c)) for c in uniq])[inverse]          # (B, N, d_in)
+        uniq, inverse = self.cluster_index if self.cluster_index is not None else self.cluster.unique(
+            return_inverse=True)
+        W = torch.stack([self.router(int(c)) for c in uniq.tolist()])[inverse]  # (B, N, d_in)
         logits = torch.einsum("bnd,bd->bn", W, masked_mean(x, self.prompt_mask))
         self._gates = topk_renormalise(torch.softmax(logits.float(), -1), self.top_k).to(x.dtype)
         return self._gates
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.gates(x)
-        h = self.dropout(x) @ self.lora_A.t()
-        out = self.base(x)
-        for i in range(self.experts):
-            out = out + (h @ self.branch(i).t()) * (g[:, i] * self.scale)[:, None, None]
+        h = self.dropout(x) @ self.lora_A.t()                                          # (B, L, r)
+        # Σ_i g_i s B_i h as one matmul: weight the rank side per branch, then all branches at
+        # once (a frozen branch gets no gradient through the concatenation)
+        hg = (h.unsqueeze(-2) * (g * self.scale)[:, None, :, None]).flatten(-2)      # (B, L, N·r)
+        out = self.base(x) + hg @ torch.cat([self.branch(i) for i in range(self.experts)], dim=1).t()
         if self.training:
             self.usage += g.detach().float().sum(0)
         if self.recording:
@@ -239,8 +242,9 @@ class BranchLoRA(ExpertMethod):
                          for pname, p in [layer.add_router()]})
 
     def _set_clusters(self, clusters: torch.Tensor) -> None:
+        index = clusters.unique(return_inverse=True)  # once per batch, for every layer
         for _, layer in self.named_layers():
-            layer.cluster = clusters
+            layer.cluster, layer.cluster_index = clusters, index
         if any(layer.recording for _, layer in self.named_layers()):
             counts = torch.bincount(clusters.cpu(), minlength=len(self.keys)).double()
             self.choices = counts if self.choices is None else self.choices + counts

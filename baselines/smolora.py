@@ -71,8 +71,8 @@ class SMoLoRALinear(ExpertLoRA):
         h = h.unflatten(-1, (self.experts, self.rank_per_expert))
         w_vu = torch.cat([vu, zeros], -1)[:, None, :, None]
         w_if = torch.cat([zeros, ins], -1)[:, None, :, None]
-        vu_out = ((h * w_vu).flatten(-2) @ self.lora_B.t()) * self.scale
-        if_out = ((h * w_if).flatten(-2) @ self.lora_B.t()) * self.scale
+        vu_out = (h * (w_vu * self.scale)).flatten(-2) @ self.lora_B.t()
+        if_out = (h * (w_if * self.scale)).flatten(-2) @ self.lora_B.t()
         scores = torch.cat([vu_out @ self.lora_fc_A.t(), if_out @ self.lora_fc_B.t()], -1)
         mix = torch.softmax(scores.float(), dim=-1).to(x.dtype)      # (B, L, 2)
         if self.recording:

@@ -1,8 +1,11 @@
 """Training throughput per method on the tiny model, and our LoRA layer against peft's.
 
 1. For each method: train one demo chunk (chunk 2 of the demo stream, three task families)
-   from the same pre-trained tiny base; samples/s and step time relative to `lora`, peak RSS
-   of the process.
+   from the same pre-trained tiny base, with the state a method has mid-stream (a warm replay
+   buffer, an EWC penalty, BranchLoRA's and CRAM's clusters, routers and experts from a first
+   chunk); samples/s and step time relative to `lora` (the chunk's time over its steps, so a
+   method's own per-chunk work, such as clustering or consolidation, is included), trained and
+   adapter parameters, peak RSS of the process.
 2. Our `LoRALinear` against peft's LoRA on the same tiny model, same target layers, rank, batch
    and optimiser: median step time over repeated steps, interleaved so both see the same
    machine state.
@@ -65,10 +68,12 @@ def method_throughput(stream, names: list[str], chunk: int, batch_size: int) -> 
         if base_name == "ewc":  # a penalty in force, as from the second chunk on
             method.after_chunk(0, store.chunk(0))
         cfg = RunConfig(stream=str(stream.path), method=base_name, batch_size=batch_size)
+        if base_name in ("branchlora", "cram"):  # mid-stream: clusters, routers, experts of a first chunk
+            train_chunk(bundle, method, params, 0, store.chunk(0), cfg)
         stats = train_chunk(bundle, method, params, 1, rows, cfg)
         out.append({"method": name, "samples_per_s": stats["train_samples_per_s"],
                     "step_s": stats["train_seconds"] / stats["steps"],
-                    "trainable_params": sum(p.numel() for p in params.values()),
+                    "trainable_params": stats["trainable_params"], "adapter_params": stats["adapter_params"],
                     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
     base = next(r["step_s"] for r in out if r["method"] == "lora")
     for r in out:
@@ -127,10 +132,11 @@ def main() -> None:
     rows = method_throughput(stream, args.methods.split(","), 2, args.batch_size)
     n = stream.manifest["chunks"][2]["size"]
     print(f"training chunk 2 of {stream.name} ({n} rows, batch {args.batch_size}), {torch.get_num_threads()} threads")
-    print(f"{'method':<26}{'samples/s':>11}{'step ms':>9}{'vs lora':>9}{'trainable':>11}{'peak RSS MiB':>14}")
+    print(f"{'method':<26}{'samples/s':>11}{'step ms':>9}{'vs lora':>9}{'trained':>11}{'adapter':>11}"
+          f"{'peak RSS MiB':>14}")
     for r in rows:
         print(f"{r['method']:<26}{r['samples_per_s']:>11.1f}{1000 * r['step_s']:>9.1f}{r['step_vs_lora']:>9.2f}"
-              f"{r['trainable_params']:>11,}{r['peak_rss_mib']:>14.0f}")
+              f"{r['trainable_params']:>11,}{r['adapter_params']:>11,}{r['peak_rss_mib']:>14.0f}")
     cmp = ours_vs_peft(stream, args.batch_size)
     print(f"\nLoRA layer, same model/batch/rank (median step): ours {cmp['ours_step_ms']:.1f} ms, "
           f"peft {cmp['peft_step_ms']:.1f} ms, ratio {cmp['ratio']:.3f} "

@@ -68,15 +68,15 @@ class ExpertLoRA(LoRALinear, RoutingStats):
     def expert_delta(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """(α/r) Σ_e w_e B_e A_e drop(x); `weights` broadcasts to x's leading shape + (E,)."""
         h = self.dropout(x) @ self.lora_A.t()
-        h = (h.unflatten(-1, (self.experts, self.rank_per_expert)) * weights.unsqueeze(-1)).flatten(-2)
-        return (h @ self.lora_B.t()) * self.scale
+        h = (h.unflatten(-1, (self.experts, self.rank_per_expert)) * (weights * self.scale).unsqueeze(-1)).flatten(-2)
+        return h @ self.lora_B.t()
 
     def expert_outputs(self, x: torch.Tensor, idx: list[int]) -> list[torch.Tensor]:
         """Unweighted (α/r) B_e A_e drop(x) for the experts in `idx` (for methods that mix outputs)."""
         h = self.dropout(x) @ self.lora_A.t()
         h = h.unflatten(-1, (self.experts, self.rank_per_expert))
         blocks = self.lora_B.unflatten(1, (self.experts, self.rank_per_expert))
-        return [(h[..., e, :] @ blocks[:, e, :].t()) * self.scale for e in idx]
+        return [(h[..., e, :] * self.scale) @ blocks[:, e, :].t() for e in idx]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - subclasses route
         raise NotImplementedError

@@ -40,4 +40,5 @@ class LoRALinear(nn.Module):
         return self.base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scale
+        # the scale multiplies the r-wide intermediate, not the d_out-wide output (and its gradient)
+        return self.base(x) + ((self.dropout(x) @ self.lora_A.t()) * self.scale) @ self.lora_B.t()
