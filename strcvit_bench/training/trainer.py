@@ -101,11 +101,14 @@ def train_chunk(bundle: ModelBundle, method: Method, params: dict[str, torch.nn.
                         with autocast(config.precision, device):
                             method.before_forward(batch, m)
                             task_loss = net(**model_inputs(batch)).loss
-                            # this piece's share of the step's tokens; DDP averages over ranks
-                            factor = n * parallel.world / step_tokens if step_tokens else 0.0
+                            # the answer loss counts by this piece's share of the step's tokens (DDP
+                            # divides by the world size); the method's own terms (KL, penalties) are
+                            # averaged over the K pieces: method.loss(x · K) / K = x + terms / K
                             K = len(micro)
-                            loss = method.loss(task_loss * (factor * K) if factor * K != 1.0 else task_loss, batch)
-                            loss = loss / K if not idle else loss * 0.0
+                            weight = n * parallel.world / step_tokens * K if step_tokens else 0.0
+                            loss = method.loss(task_loss if weight == 1.0 else task_loss * weight, batch) / K
+                            if idle:
+                                loss = loss * 0.0
                         loss.backward()
                     loss_sum += float(task_loss.detach()) * n
                     token_sum += n
