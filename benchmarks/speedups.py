@@ -1,18 +1,27 @@
 """Before/after of the demo's speed-ups, measured in one run.
 
-Profiling `strcvit demo` (cProfile of each method on demo chunks) showed the time is the tiny
-model's own arithmetic, and that BranchLoRA, the slowest method, spent it in its layer: one
-d_out-wide matmul, multiply and add per branch. The layer now weights the rank-side activations
-by the gates and runs all branches as one matmul. LoRA's layer (the base of every method) now
-applies its scale to the r-wide intermediate instead of the d_out-wide output.
+Profiling `strcvit demo` (cProfile and torch.profiler of each method on demo chunks) showed the
+time is the tiny model's own arithmetic, spent where the slowest method of the moment spends it:
+
+- BranchLoRA (then about three LoRA steps per step): one d_out-wide matmul, multiply and add
+  per branch. The layer now weights the rank-side activations by the gates and runs all branches
+  as one matmul. LoRA's layer (the base of every method) now applies its scale to the r-wide
+  intermediate instead of the d_out-wide output.
+- StrLoRA (then the slowest, 1.7 LoRA steps): its stage-2 router projected every token to a
+  D = 64 query, twice with the EMA teacher, and back-propagated through both. The logits are
+  linear in the token, so W_q, the key and the prototypes now fold into one d_in × E map per
+  sample (E = 4). And AdamW's per-tensor loop over its 168 small tensors: the optimiser is now
+  torch's fused AdamW.
 
 For each change this script trains the same demo chunk from the same base with the previous
 implementation (kept here as a reference) and the current one, alternating A/B so both see the
-same machine state, and reports median chunk time and the ratio before/after. That both compute
-the same function is checked on the trained model: one batch's loss under either forward (the
-trajectories themselves part by float rounding, as any reordering of sums does).
+same machine state, and reports median chunk time and the ratio before/after. A forward change
+must compute the same function: checked on the trained model as one batch's loss under either
+forward (the trajectories themselves part by float rounding, as any reordering of sums does). The
+optimiser change must be the same algorithm: checked as the chunk's training loss, before against
+after.
 
-    python benchmarks/speedups.py [--stream DIR] [--repeats 2] [--json out.json]
+    python benchmarks/speedups.py [--stream DIR] [--repeats 2] [--only TEXT] [--json out.json]
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import statistics
 import sys
 import time
@@ -33,7 +43,9 @@ sys.path.insert(0, str(ROOT))
 from baselines.branchlora import BranchLoRALinear  # noqa: E402
 from strcvit_bench.adapters.lora import LoRALinear  # noqa: E402
 from strcvit_bench.streams.stream import open_stream  # noqa: E402
-from strcvit_bench.training import setup  # noqa: E402
+from strcvit_bench.strlora import routing  # noqa: E402
+from strcvit_bench.strlora.layer import StrLoRALinear  # noqa: E402
+from strcvit_bench.training import setup, trainer  # noqa: E402
 from strcvit_bench.training.config import RunConfig  # noqa: E402
 from strcvit_bench.training.rows import RowStore  # noqa: E402
 from strcvit_bench.training.trainer import train_chunk  # noqa: E402
@@ -56,44 +68,105 @@ def lora_scale_on_output_forward(self, x):
     return self.base(x) + (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scale
 
 
-CURRENT = {BranchLoRALinear: BranchLoRALinear.forward, LoRALinear: LoRALinear.forward}
+def _logits_from_query(q, t, W_k, prototypes):
+    k = torch.nn.functional.layer_norm(t, t.shape[-1:]) @ W_k.t()
+    p_hat = torch.nn.functional.normalize(prototypes, dim=-1)
+    return ((q * k.unsqueeze(1)) @ p_hat.t()) / math.sqrt(q.shape[-1])
+
+
+class _WeightOnlyGrad(torch.autograd.Function):
+    """q's value with a gradient to W only (the previous implementation's student query)."""
+
+    @staticmethod
+    def forward(ctx, q, x, W):
+        ctx.save_for_backward(x)
+        ctx.w_dtype = W.dtype
+        return q.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        dtype = torch.promote_types(grad.dtype, x.dtype)
+        grad_w = grad.reshape(-1, grad.shape[-1]).t().to(dtype) @ x.reshape(-1, x.shape[-1]).to(dtype)
+        return None, None, grad_w.to(ctx.w_dtype)
+
+
+def strlora_query_first_forward(self, x):
+    """StrLoRA's layer before the change: project every token to the D-wide query W_q x, then
+    multiply by the key and the prototypes; the EMA teacher projected every token again."""
+    gates, hard, mask = self.select()
+    self.last_selection = mask
+    t = self.t.to(x.dtype)
+    mask3 = mask.unsqueeze(1)
+    q = x @ self.router_Wq.t()
+    p = routing.masked_softmax(_logits_from_query(q, t, self.router_Wk, self.router_P), mask3, self.tau)
+    choice = routing.top1_straight_through(p)
+    safe = torch.where(mask, hard, torch.ones_like(hard))
+    factor = torch.where(mask, gates / safe, torch.zeros_like(gates))
+    weights = choice * factor.unsqueeze(1)
+    token_mask = self.token_mask if self.token_mask is not None and self.token_mask.shape == x.shape[:2] else None
+    self.kl = None
+    if self.stability_active and self.training:
+        xd = x.detach()
+        with torch.no_grad():
+            teacher = _logits_from_query(xd @ self.ema_Wq.t(), t, self.ema_Wk, self.ema_P)
+        student = _logits_from_query(_WeightOnlyGrad.apply(q.detach(), xd, self.router_Wq), t,
+                                     self.router_Wk, self.router_P)
+        kl = routing.stability_kl(teacher, student, mask3.detach(), self.tau)
+        m = token_mask.to(kl.dtype)
+        self.kl = (kl * m).sum() / m.sum().clamp_min(1.0)
+    return self.base(x) + self.expert_delta(x, weights.to(x.dtype))
+
+
+def unfused_adamw(params, lr, weight_decay):
+    """The optimiser before the change: torch's default AdamW, a loop of small ops per tensor on CPU."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+# label: (method trained, object patched, attribute, the previous implementation)
 CHANGES = {
-    "branchlora layer: one matmul for all branches": ("branchlora", BranchLoRALinear, branchlora_loop_forward),
-    "lora layer: scale on the rank side": ("lora", LoRALinear, lora_scale_on_output_forward),
+    "branchlora layer: one matmul for all branches": ("branchlora", BranchLoRALinear, "forward",
+                                                      branchlora_loop_forward),
+    "lora layer: scale on the rank side": ("lora", LoRALinear, "forward", lora_scale_on_output_forward),
+    "strlora router: one d_in x E map per sample": ("strlora", StrLoRALinear, "forward", strlora_query_first_forward),
+    "adamw fused (strlora's 168 tensors)": ("strlora", trainer, "make_optimizer", unfused_adamw),
 }
 
 
 @contextlib.contextmanager
-def patched(cls, forward):
-    if forward is None:
+def patched(owner, attr: str, value):
+    if value is None:
         yield
         return
-    original = cls.forward
-    cls.forward = forward
+    original = getattr(owner, attr)
+    setattr(owner, attr, value)
     try:
         yield
     finally:
-        cls.forward = original
+        setattr(owner, attr, original)
 
 
-def train_once(stream, store, method: str, chunk: int, forward, cls) -> tuple[float, float]:
-    """Seconds to train the chunk, and the largest difference between the trained model's loss on
-    one batch under the reference forward and under the current one."""
+def train_once(stream, store, method: str, chunk: int, owner, attr: str, value) -> dict:
+    """Seconds to train the chunk and its mean training loss; for a forward, also one batch's loss
+    on the trained weights under the previous forward and under the current one."""
     cfg = RunConfig(stream=str(stream.path), method=method)
     bundle, m, params = setup.build(cfg, stream, store.lookup)
-    with patched(cls, forward):
+    with patched(owner, attr, value):
         if method == "branchlora":  # mid-stream: routers and frozen branches from a first chunk
             train_chunk(bundle, m, params, 0, store.chunk(0), cfg)
         start = time.perf_counter()
-        train_chunk(bundle, m, params, chunk, store.chunk(chunk), cfg)
+        record = train_chunk(bundle, m, params, chunk, store.chunk(chunk), cfg)
         seconds = time.perf_counter() - start
-    rows = store.chunk(chunk)[:16]
-    with torch.no_grad():
-        losses = []
-        for f in (forward, None):
-            with patched(cls, f if f is not None else CURRENT[cls]):
-                losses.append(float(m.ctx.batch_loss(rows)))
-    return seconds, abs(losses[0] - losses[1])
+    out = {"seconds": seconds, "train_loss": record["train_loss"]}
+    if attr == "forward":
+        rows = store.chunk(chunk)[:16]
+        with torch.no_grad():
+            losses = []
+            for previous in (True, False):
+                with patched(owner, attr, value if previous else None):
+                    losses.append(float(m.ctx.batch_loss(rows)))
+        out["forward_loss_diff"] = abs(losses[0] - losses[1])
+    return out
 
 
 def main() -> None:
@@ -101,30 +174,38 @@ def main() -> None:
     ap.add_argument("--stream", type=Path, default=ROOT / "runs" / "demo" / "stream")
     ap.add_argument("--chunk", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--only", default="", help="run only the changes whose label contains this text")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     stream = open_stream(args.stream)
     store = RowStore(stream, hide_task=True)
     store.remember(args.chunk)
     out = []
-    for label, (method, cls, before) in CHANGES.items():
-        times: dict[str, list[float]] = {"before": [], "after": []}
-        diff = 0.0
+    for label, (method, owner, attr, before) in CHANGES.items():
+        if args.only not in label:
+            continue
+        runs: dict[str, list[dict]] = {"before": [], "after": []}
         for _ in range(args.repeats):
-            for which, forward in (("before", before), ("after", None)):
-                seconds, d = train_once(stream, store, method, args.chunk, forward, cls)
-                times[which].append(seconds)
-                diff = max(diff, d)
-        before, after = statistics.median(times["before"]), statistics.median(times["after"])
-        out.append({"change": label, "method": method, "before_s": before, "after_s": after,
-                    "ratio": before / after, "max_loss_diff": diff, "runs": args.repeats})
+            for which, value in (("before", before), ("after", None)):
+                runs[which].append(train_once(stream, store, method, args.chunk, owner, attr, value))
+        median = {w: statistics.median(r["seconds"] for r in rs) for w, rs in runs.items()}
+        if attr == "forward":  # the same function: one batch, trained weights, either forward
+            check = max(r["forward_loss_diff"] for rs in runs.values() for r in rs)
+            check_kind = "|Δ loss|, same weights, either forward"
+        else:  # the same algorithm: the chunk's training loss, before against after
+            first = runs["before"][0]["train_loss"]
+            check = abs(first - runs["after"][0]["train_loss"]) / first
+            check_kind = "relative |Δ chunk training loss|"
+        out.append({"change": label, "method": method, "before_s": median["before"], "after_s": median["after"],
+                    "ratio": median["before"] / median["after"], "check": check, "check_kind": check_kind,
+                    "runs": args.repeats})
     n = stream.manifest["chunks"][args.chunk]["size"]
     print(f"one demo chunk ({n} rows, chunk {args.chunk}), median of {args.repeats} alternating runs, "
           f"{torch.get_num_threads()} threads")
-    print(f"{'change':<48}{'before s':>10}{'after s':>9}{'before/after':>14}{'|Δ loss|':>11}")
+    print(f"{'change':<48}{'before s':>10}{'after s':>9}{'before/after':>14}{'check':>10}  check")
     for r in out:
         print(f"{r['change']:<48}{r['before_s']:>10.2f}{r['after_s']:>9.2f}{r['ratio']:>14.2f}"
-              f"{r['max_loss_diff']:>11.1e}")
+              f"{r['check']:>10.1e}  {r['check_kind']}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

@@ -56,7 +56,7 @@ def test_an_accumulated_step_has_the_gradient_of_the_whole_step(tiny_stream, mon
         bundle, method, params = setup.build(cfg, stream)  # may pre-train the base: with the real AdamW
         Recorder.steps = []
         with monkeypatch.context() as patch:
-            patch.setattr(trainer.torch.optim, "AdamW", Recorder)
+            patch.setattr(trainer, "make_optimizer", lambda params, lr, weight_decay: Recorder(params, lr))
             trainer.train_chunk(bundle, method, params, 1, copy.deepcopy(rows), cfg)
         grads[accum] = Recorder.steps
     assert len(grads[1]) == len(grads[3]) == 1

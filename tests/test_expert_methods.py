@@ -251,13 +251,26 @@ def test_strlora_stage1_selection_depends_only_on_the_instruction(tmp_path, monk
     assert any(not torch.equal(a, b) for sel in changed for a, b in zip(base, sel, strict=True))
 
 
-def test_weight_only_grad_matches_recomputing_with_a_detached_input():
-    x = torch.randn(2, 3, 5, requires_grad=True)
-    W = torch.randn(4, 5, requires_grad=True)
-    q = x @ W.t()
-    g = torch.randn(2, 3, 4)
-    (routing.WeightOnlyGrad.apply(q.detach(), x.detach(), W) * g).sum().backward()
-    fast = W.grad.clone()
-    W.grad = None
-    ((x.detach() @ W.t()) * g).sum().backward()
-    assert torch.allclose(fast, W.grad) and x.grad is None
+def test_stage2_map_is_the_query_first_form_in_value_and_gradient():
+    """Folding W_q, k and P into one (d_in x E) map per sample must not change what is learned."""
+    torch.manual_seed(0)
+    leaves = {"x": torch.randn(3, 5, 6), "t": torch.randn(3, 8), "W_q": torch.randn(4, 6),
+              "W_k": torch.randn(4, 8), "P": torch.randn(3, 4)}
+    g = torch.randn(3, 5, 3)
+
+    def grads(logits_of):
+        ps = {k: v.clone().requires_grad_() for k, v in leaves.items()}
+        out = logits_of(**ps)
+        (out * g).sum().backward()
+        return out.detach(), {k: v.grad for k, v in ps.items()}
+
+    def query_first(x, t, W_q, W_k, P):
+        q = x @ W_q.t()
+        k = torch.nn.functional.layer_norm(t, t.shape[-1:]) @ W_k.t()
+        return ((q * k.unsqueeze(1)) @ torch.nn.functional.normalize(P, dim=-1).t()) / 2.0  # sqrt(D = 4)
+
+    fast, fast_grads = grads(lambda x, t, W_q, W_k, P: routing.stage2_logits(x, t, W_q, W_k, P))
+    slow, slow_grads = grads(query_first)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    for name in leaves:
+        assert torch.allclose(fast_grads[name], slow_grads[name], atol=1e-4), name

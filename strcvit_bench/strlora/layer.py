@@ -63,11 +63,10 @@ class StrLoRALinear(ExpertLoRA):
         self.last_selection = mask
         t = self.t.to(x.dtype)  # type: ignore[union-attr]
         mask3 = mask.unsqueeze(1)                                                  # (B, 1, E)
-        q = None
+        router_map = None
         if self.token_weights:
-            q = x @ self.router_Wq.t()
-            logits = routing.logits_from_query(q, t, self.router_Wk, self.router_P)
-            p = routing.masked_softmax(logits, mask3, self.tau)                    # (B, L, E)
+            router_map = routing.stage2_map(t, self.router_Wq, self.router_Wk, self.router_P)  # (B, d_in, E)
+            p = routing.masked_softmax(x @ router_map, mask3, self.tau)             # (B, L, E)
             choice = routing.top1_straight_through(p)
         else:  # ablation: the stage-1 gates weight every token of the sample
             choice = gates.unsqueeze(1).expand(x.shape[0], x.shape[1], self.experts)
@@ -82,12 +81,13 @@ class StrLoRALinear(ExpertLoRA):
             if x.shape[1] > 1:
                 self.record_selection(mask.float())
         self.kl = None
-        if self.stability_active and self.training and q is not None:
-            xd = x.detach()
+        if self.stability_active and self.training and router_map is not None:
             with torch.no_grad():
-                teacher = routing.stage2_logits(xd, t, self.ema_Wq, self.ema_Wk, self.ema_P)
-            q_router_only = routing.WeightOnlyGrad.apply(q.detach(), xd, self.router_Wq)
-            student = routing.logits_from_query(q_router_only, t, self.router_Wk, self.router_P)
+                teacher_map = routing.stage2_map(t, self.ema_Wq, self.ema_Wk, self.ema_P)
+            # the router learns from the KL, its inputs do not: x is detached, and the student's
+            # logits are recomputed from it (a d_in x E product per token) beside the teacher's
+            both = x.detach() @ torch.cat([router_map, teacher_map], dim=-1)
+            student, teacher = both.split(self.experts, dim=-1)
             kl = routing.stability_kl(teacher, student, mask3.detach(), self.tau)  # (B, L)
             if token_mask is not None:
                 m = token_mask.to(kl.dtype)

@@ -33,42 +33,28 @@ def stage1(t: torch.Tensor, W_r: torch.Tensor, k: int) -> tuple[torch.Tensor, to
     return straight_through(hard, probs), hard.detach(), mask
 
 
+def stage2_map(t: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """The per-sample matrix M_b = W_qᵀ diag(k_b) p̂ᵀ / √D (B, d_in, E) with stage-2 logits x_l M_b.
+
+    logit_{l,e} = (W_q x_l ⊙ k) · p̂_e / √D is linear in x_l, so the query projection and the
+    key and prototypes fold into one d_in × E matrix per sample: every token then costs a
+    d_in × E product instead of a d_in × D projection (D = 64 against E = 4 by default), and
+    the router no longer dominates a layer's arithmetic. Same function, summed in another order.
+    """
+    k = F.layer_norm(t, t.shape[-1:]) @ W_k.t()             # (B, D)
+    p_hat = F.normalize(prototypes, dim=-1)                 # (E, D)
+    kp = k.unsqueeze(1) * (p_hat / math.sqrt(p_hat.shape[-1]))  # (B, E, D)
+    # (B, E, D) @ (D, d_in) is one (B·E × D) @ (D × d_in) product; W_qᵀ @ kp would copy W_q B times
+    return (kp @ W_q).transpose(-1, -2)
+
+
 def stage2_logits(x: torch.Tensor, t: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor,
                   prototypes: torch.Tensor) -> torch.Tensor:
     """logit_{l,e} = Σ_d q_{l,d} k_d p̂_{e,d} / √D with q = W_q x_l, k = W_k LN(t), p̂ = P_e / ‖P_e‖.
 
     x: (B, L, d_in), t: (B, d); returns (B, L, E). LN has no affine parameters.
     """
-    return logits_from_query(x @ W_q.t(), t, W_k, prototypes)
-
-
-def logits_from_query(q: torch.Tensor, t: torch.Tensor, W_k: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """Stage-2 logits from an already projected query q = W_q x (B, L, D)."""
-    k = F.layer_norm(t, t.shape[-1:]) @ W_k.t()             # (B, D)
-    p_hat = F.normalize(prototypes, dim=-1)                 # (E, D)
-    return ((q * k.unsqueeze(1)) @ p_hat.t()) / math.sqrt(q.shape[-1])
-
-
-class WeightOnlyGrad(torch.autograd.Function):
-    """The value of an already computed q = x Wᵀ whose gradient reaches W only, never x.
-
-    The stability loss must train the router without touching its inputs; recomputing
-    x.detach() Wᵀ would cost another (B·L × d × D) matmul per layer, this costs none.
-    """
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        ctx.w_dtype = W.dtype
-        return q.clone()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        # under autocast the incoming gradient is bf16 while x kept its own dtype
-        dtype = torch.promote_types(grad.dtype, x.dtype)
-        grad_w = grad.reshape(-1, grad.shape[-1]).t().to(dtype) @ x.reshape(-1, x.shape[-1]).to(dtype)
-        return None, None, grad_w.to(ctx.w_dtype)
+    return x @ stage2_map(t, W_q, W_k, prototypes)
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, tau: float = 1.0) -> torch.Tensor:

@@ -63,6 +63,15 @@ def split(rows: Rows, parts: int) -> list[Rows]:
     return out
 
 
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused where torch has the kernel (CPU and CUDA). Expert methods train hundreds of
+    small router and expert tensors; the unfused update runs a dozen small ops per tensor, and
+    that loop was a visible share of their step (benchmarks/speedups.py measures it)."""
+    fusable = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                  for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if fusable else None)
+
+
 def train_chunk(bundle: ModelBundle, method: Method, params: dict[str, torch.nn.Parameter], index: int,
                 rows: Rows, config: RunConfig, parallel: Parallel | None = None) -> dict[str, Any]:
     parallel = parallel or Parallel(distributed=False)
@@ -72,8 +81,7 @@ def train_chunk(bundle: ModelBundle, method: Method, params: dict[str, torch.nn.
     device = next(model.parameters()).device
     method.before_chunk(index, rows)  # may freeze, thaw or add parameters: the optimiser comes after
     trainable = [p for p in params.values() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=config.first_lr if index == 0 else config.later_lr,
-                            weight_decay=config.weight_decay)
+    opt = make_optimizer(trainable, config.first_lr if index == 0 else config.later_lr, config.weight_decay)
     steps_per_epoch = math.ceil(len(rows) / config.train_batch_size)
     total = steps_per_epoch * config.epochs_per_chunk
     warm = max(1, int(config.warmup * total))
