@@ -10,8 +10,10 @@ time is the tiny model's own arithmetic, spent where the slowest method of the m
 - StrLoRA (then the slowest, 1.7 LoRA steps): its stage-2 router projected every token to a
   D = 64 query, twice with the EMA teacher, and back-propagated through both. The logits are
   linear in the token, so W_q, the key and the prototypes now fold into one d_in × E map per
-  sample (E = 4). And AdamW's per-tensor loop over its 168 small tensors: the optimiser is now
-  torch's fused AdamW.
+  sample (E = 4); the token choice and the KL, whose student logits are the routing logits
+  themselves, run as one autograd function with a hand-written backward (three token-wide
+  products and a dozen small ops a layer, where autograd ran five and about sixty). And AdamW's
+  per-tensor loop over its 168 small tensors: the optimiser is now torch's fused AdamW.
 
 For each change this script trains the same demo chunk from the same base with the previous
 implementation (kept here as a reference) and the current one, alternating A/B so both see the
@@ -128,7 +130,8 @@ CHANGES = {
     "branchlora layer: one matmul for all branches": ("branchlora", BranchLoRALinear, "forward",
                                                       branchlora_loop_forward),
     "lora layer: scale on the rank side": ("lora", LoRALinear, "forward", lora_scale_on_output_forward),
-    "strlora router: one d_in x E map per sample": ("strlora", StrLoRALinear, "forward", strlora_query_first_forward),
+    "strlora stage 2: folded map, routing+KL fused": ("strlora", StrLoRALinear, "forward",
+                                                      strlora_query_first_forward),
     "adamw fused (strlora's 168 tensors)": ("strlora", trainer, "make_optimizer", unfused_adamw),
 }
 

@@ -137,6 +137,40 @@ def test_stability_kl_zero_when_equal_positive_otherwise_and_reaches_the_router(
     assert student_param.grad[0, 0, :2].abs().sum() > 0 and student_param.grad[0, 0, 2] == 0
 
 
+@pytest.mark.parametrize("with_teacher", [True, False])
+def test_token_routing_equals_autograd_through_the_definitions(with_teacher):
+    """The fused stage 2 (choice + KL, backward by hand) against masked_softmax, straight-through
+    top-1 and stability_kl composed by autograd: values and the gradients of x and M."""
+    torch.manual_seed(1)
+    x0, M0, M_ema = torch.randn(3, 5, 6), torch.randn(3, 6, 4), torch.randn(3, 6, 4)
+    mask = torch.tensor([[True, False, True, False], [False, True, True, True], [True, True, False, False]])
+    mask = mask.unsqueeze(1)
+    token_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 1, 1, 1, 0]])
+    G, tau = torch.randn(3, 5, 4), 0.5
+
+    def run(fused: bool):
+        x, M = x0.clone().requires_grad_(), M0.clone().requires_grad_()
+        teacher = M_ema if with_teacher else None
+        if fused:
+            choice, kl = routing.TokenRouting.apply(x, M, teacher, mask, token_mask, tau)
+        else:
+            choice = routing.top1_straight_through(routing.masked_softmax(x @ M, mask, tau))
+            kl = torch.zeros(())
+            if with_teacher:
+                per_token = routing.stability_kl(x.detach() @ M_ema, x.detach() @ M, mask, tau)
+                kl = (per_token * token_mask).sum() / token_mask.sum()
+        ((choice * G).sum() + 0.7 * kl).backward()
+        return choice.detach(), kl.detach(), x.grad, M.grad
+
+    fused, reference = run(True), run(False)
+    assert torch.allclose(fused[0], reference[0])  # the reference adds p - p: one-hot up to rounding
+    assert ((fused[0] == 1).sum(-1) == 1).all() and (fused[0][~mask.expand(3, 5, 4)] == 0).all()
+    assert fused[1].item() == pytest.approx(reference[1].item(), abs=1e-6)
+    assert (fused[1].item() > 0) == with_teacher
+    for got, want in zip(fused[2:], reference[2:], strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_ema_update():
     avg, cur = torch.tensor([1.0, 2.0]), torch.tensor([3.0, -2.0])
     routing.ema_update(avg, cur, 0.9)

@@ -63,11 +63,18 @@ class StrLoRALinear(ExpertLoRA):
         self.last_selection = mask
         t = self.t.to(x.dtype)  # type: ignore[union-attr]
         mask3 = mask.unsqueeze(1)                                                  # (B, 1, E)
-        router_map = None
+        self.kl = None
         if self.token_weights:
             router_map = routing.stage2_map(t, self.router_Wq, self.router_Wk, self.router_P)  # (B, d_in, E)
-            p = routing.masked_softmax(x @ router_map, mask3, self.tau)             # (B, L, E)
-            choice = routing.top1_straight_through(p)
+            teacher_map = None
+            if self.stability_active and self.training:
+                with torch.no_grad():
+                    teacher_map = routing.stage2_map(t, self.ema_Wq, self.ema_Wk, self.ema_P)
+            # each token's expert (straight-through top-1) and the routing-stability KL in one pass
+            choice, kl = routing.TokenRouting.apply(x, router_map, teacher_map, mask3, self._token_mask(x),
+                                                    self.tau)                      # (B, L, E), ()
+            if teacher_map is not None:
+                self.kl = kl
         else:  # ablation: the stage-1 gates weight every token of the sample
             choice = gates.unsqueeze(1).expand(x.shape[0], x.shape[1], self.experts)
         weights = choice
@@ -75,26 +82,16 @@ class StrLoRALinear(ExpertLoRA):
             safe = torch.where(mask, hard, torch.ones_like(hard))
             factor = torch.where(mask, gates / safe, torch.zeros_like(gates))     # == 1 on the subset
             weights = choice * factor.unsqueeze(1)
-        token_mask = self.token_mask if self.token_mask is not None and self.token_mask.shape == x.shape[:2] else None
         if self.recording:
-            self.record_tokens(weights.detach(), token_mask)
+            self.record_tokens(weights.detach(), self._token_mask(x))
             if x.shape[1] > 1:
                 self.record_selection(mask.float())
-        self.kl = None
-        if self.stability_active and self.training and router_map is not None:
-            with torch.no_grad():
-                teacher_map = routing.stage2_map(t, self.ema_Wq, self.ema_Wk, self.ema_P)
-            # the router learns from the KL, its inputs do not: x is detached, and the student's
-            # logits are recomputed from it (a d_in x E product per token) beside the teacher's
-            both = x.detach() @ torch.cat([router_map, teacher_map], dim=-1)
-            student, teacher = both.split(self.experts, dim=-1)
-            kl = routing.stability_kl(teacher, student, mask3.detach(), self.tau)  # (B, L)
-            if token_mask is not None:
-                m = token_mask.to(kl.dtype)
-                self.kl = (kl * m).sum() / m.sum().clamp_min(1.0)
-            else:
-                self.kl = kl.mean()
         return self.base(x) + self.expert_delta(x, weights.to(x.dtype))
+
+    def _token_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The batch's real tokens, while x is the whole prompt (not a decoding step)."""
+        m = self.token_mask
+        return m if m is not None and m.shape == x.shape[:2] else None
 
     def update_ema(self, momentum: float) -> None:
         routing.ema_update(self.ema_Wq, self.router_Wq, momentum)
