@@ -5,12 +5,14 @@
    buffer, an EWC penalty, BranchLoRA's and CRAM's clusters, routers and experts from a first
    chunk); samples/s and step time relative to `lora` (the chunk's time over its steps, so a
    method's own per-chunk work, such as clustering or consolidation, is included), trained and
-   adapter parameters, peak RSS of the process.
+   adapter parameters, peak RSS of the process. Methods run round-robin for `--rounds` rounds
+   and the medians are reported with the range of the per-round ratios: on a shared machine
+   one pass per method gave ratios that moved by 0.1-0.3 between consecutive runs.
 2. Our `LoRALinear` against peft's LoRA on the same tiny model, same target layers, rank, batch
    and optimiser: median step time over repeated steps, interleaved so both see the same
    machine state.
 
-    python benchmarks/train_throughput.py [--stream DIR] [--json out.json]
+    python benchmarks/train_throughput.py [--stream DIR] [--rounds 3] [--json out.json]
 
 Needs a built demo stream (default runs/demo/stream; `strcvit demo` or
 `strcvit build-stream stream_specs/demo.yaml --out runs/demo/stream`).
@@ -47,37 +49,53 @@ def fresh_bundle(stream):
     return load_tiny(stream_texts(stream))
 
 
-def method_throughput(stream, names: list[str], chunk: int, batch_size: int) -> list[dict]:
+def one_method(stream, store: RowStore, name: str, rows, batch_size: int) -> dict:
+    """Train `rows` once with the method `name` from its mid-stream state; its chunk statistics."""
+    bundle = fresh_bundle(stream)
+    ctx = MethodContext(bundle=bundle, seed=0, num_chunks=stream.num_chunks,
+                        chunk_size=int(stream.manifest["chunk_size"]), task_ids_visible=False,
+                        lookup_rows=store.lookup, batch_loss=lambda *a, **k: None)
+    base_name, _, opts = name.partition(":")  # e.g. strlora:router_dim=16
+    cls = get_method(base_name)
+    method = cls(parse_options(cls, [o for o in opts.split(";") if o]), ctx)
+    ctx.batch_loss = functools.partial(batch_loss, bundle, method)
+    params = method.setup()
+    if base_name == "replay":  # a warm buffer, as mid-stream
+        for r in store.chunk(0)[: method.reservoir.capacity]:
+            method.reservoir.add(r["id"], __import__("random").Random(0))
+    if base_name == "ewc":  # a penalty in force, as from the second chunk on
+        method.after_chunk(0, store.chunk(0))
+    cfg = RunConfig(stream=str(stream.path), method=base_name, batch_size=batch_size)
+    if base_name in ("branchlora", "cram"):  # mid-stream: clusters, routers, experts of a first chunk
+        train_chunk(bundle, method, params, 0, store.chunk(0), cfg)
+    stats = train_chunk(bundle, method, params, 1, rows, cfg)
+    return {"samples_per_s": stats["train_samples_per_s"], "step_s": stats["train_seconds"] / stats["steps"],
+            "trainable_params": stats["trainable_params"], "adapter_params": stats["adapter_params"],
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def method_throughput(stream, names: list[str], chunk: int, batch_size: int, rounds: int) -> list[dict]:
+    """Every method once per round, round-robin, so that a slow minute of a shared machine falls on
+    all of them alike; medians over the rounds, and each round's ratio to that round's LoRA."""
     store = RowStore(stream, hide_task=True)
     store.remember(chunk)
     rows = store.chunk(chunk)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            runs[name].append(one_method(stream, store, name, rows, batch_size))
+    lora = runs["lora"]
     out = []
-    for name in names:
-        bundle = fresh_bundle(stream)
-        ctx = MethodContext(bundle=bundle, seed=0, num_chunks=stream.num_chunks,
-                            chunk_size=int(stream.manifest["chunk_size"]), task_ids_visible=False,
-                            lookup_rows=store.lookup, batch_loss=lambda *a, **k: None)
-        base_name, _, opts = name.partition(":")  # e.g. strlora:router_dim=16
-        cls = get_method(base_name)
-        method = cls(parse_options(cls, [o for o in opts.split(";") if o]), ctx)
-        ctx.batch_loss = functools.partial(batch_loss, bundle, method)
-        params = method.setup()
-        if base_name == "replay":  # a warm buffer, as mid-stream
-            for r in store.chunk(0)[: method.reservoir.capacity]:
-                method.reservoir.add(r["id"], __import__("random").Random(0))
-        if base_name == "ewc":  # a penalty in force, as from the second chunk on
-            method.after_chunk(0, store.chunk(0))
-        cfg = RunConfig(stream=str(stream.path), method=base_name, batch_size=batch_size)
-        if base_name in ("branchlora", "cram"):  # mid-stream: clusters, routers, experts of a first chunk
-            train_chunk(bundle, method, params, 0, store.chunk(0), cfg)
-        stats = train_chunk(bundle, method, params, 1, rows, cfg)
-        out.append({"method": name, "samples_per_s": stats["train_samples_per_s"],
-                    "step_s": stats["train_seconds"] / stats["steps"],
-                    "trainable_params": stats["trainable_params"], "adapter_params": stats["adapter_params"],
-                    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-    base = next(r["step_s"] for r in out if r["method"] == "lora")
-    for r in out:
-        r["step_vs_lora"] = r["step_s"] / base
+    for name, rs in runs.items():
+        ratios = [r["step_s"] / base["step_s"] for r, base in zip(rs, lora, strict=True)]
+        out.append({"method": name, "rounds": rounds,
+                    "samples_per_s": statistics.median(r["samples_per_s"] for r in rs),
+                    "step_s": statistics.median(r["step_s"] for r in rs),
+                    "step_vs_lora": statistics.median(ratios), "step_vs_lora_min": min(ratios),
+                    "step_vs_lora_max": max(ratios),
+                    "trainable_params": rs[0]["trainable_params"], "adapter_params": rs[0]["adapter_params"],
+                    # the process's peak so far: meaningful in the first round only, methods in order
+                    "peak_rss_mib": rs[0]["peak_rss_mib"]})
     return out
 
 
@@ -125,18 +143,21 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join([*methods(), "strlora:router_dim=16", "strlora:stability=false"]),
                     help="comma-separated; options after ':' separated by ';' (strlora:router_dim=16)")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3, help="round-robin repetitions (medians are reported)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.manual_seed(0)
     stream = open_stream(args.stream)
-    rows = method_throughput(stream, args.methods.split(","), 2, args.batch_size)
+    rows = method_throughput(stream, args.methods.split(","), 2, args.batch_size, args.rounds)
     n = stream.manifest["chunks"][2]["size"]
-    print(f"training chunk 2 of {stream.name} ({n} rows, batch {args.batch_size}), {torch.get_num_threads()} threads")
-    print(f"{'method':<26}{'samples/s':>11}{'step ms':>9}{'vs lora':>9}{'trained':>11}{'adapter':>11}"
+    print(f"training chunk 2 of {stream.name} ({n} rows, batch {args.batch_size}), {torch.get_num_threads()} threads, "
+          f"median of {args.rounds} round-robin rounds")
+    print(f"{'method':<26}{'samples/s':>11}{'step ms':>9}{'vs lora':>9}{'range':>12}{'trained':>11}{'adapter':>11}"
           f"{'peak RSS MiB':>14}")
     for r in rows:
+        spread = f"{r['step_vs_lora_min']:.2f}-{r['step_vs_lora_max']:.2f}"
         print(f"{r['method']:<26}{r['samples_per_s']:>11.1f}{1000 * r['step_s']:>9.1f}{r['step_vs_lora']:>9.2f}"
-              f"{r['trainable_params']:>11,}{r['adapter_params']:>11,}{r['peak_rss_mib']:>14.0f}")
+              f"{spread:>12}{r['trainable_params']:>11,}{r['adapter_params']:>11,}{r['peak_rss_mib']:>14.0f}")
     cmp = ours_vs_peft(stream, args.batch_size)
     print(f"\nLoRA layer, same model/batch/rank (median step): ours {cmp['ours_step_ms']:.1f} ms, "
           f"peft {cmp['peft_step_ms']:.1f} ms, ratio {cmp['ratio']:.3f} "
