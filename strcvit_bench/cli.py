@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from strcvit_bench.demo import DEMO_METHODS, MATCHED
 from strcvit_bench.errors import StrcvitError
 
 app = typer.Typer(
@@ -213,16 +214,15 @@ def inspect_cmd(
     say(f"composition plot: {target}")
 
 
-DEMO_METHODS = ("lora", "replay", "ewc", "moelora", "smolora", "strlora", "branchlora", "cram")
-
-
 @app.command("demo")
 @handles_errors
 def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where the demo writes stream and runs."),
     seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds per method (0, 1, ...)."),
-    methods: str = typer.Option(",".join(DEMO_METHODS), "--methods", help="Comma-separated methods to run."),
+    methods: str = typer.Option(",".join(DEMO_METHODS), "--methods",
+                                help=f"Comma-separated methods to run ({MATCHED}: LoRA at StrLoRA's size)."),
     leaderboard: Path = typer.Option(None, "--leaderboard", help="Leaderboard directory (default OUT/leaderboard)."),
+    reference: str = typer.Option("lora", "--reference", help="Method every other is compared with, paired."),
     eval_limit: int = typer.Option(None, "--eval-limit", min=1, help="Score at most N test rows per task."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the demo stream even if present."),
     num_chunks: int = typer.Option(None, "--num-chunks", min=1, help="Smaller demo: fewer chunks."),
@@ -233,49 +233,19 @@ def demo_cmd(
     """The main job on the embedded default: build the demo stream, train every method, write the leaderboard."""
     import time
 
-    from strcvit_bench.methods.registry import get_method
+    from strcvit_bench import demo
     from strcvit_bench.reports import leaderboard as lb
-    from strcvit_bench.streams.builder import build_stream
-    from strcvit_bench.streams.spec import load_spec
-    from strcvit_bench.training.config import RunConfig
-    from strcvit_bench.training.runner import run
 
     started = time.perf_counter()
-    names = [m.strip() for m in methods.split(",") if m.strip()]
-    for name in names:
-        get_method(name)
     _quiet_transformers()
-    spec_path = Path(__file__).resolve().parent.parent / "stream_specs" / "demo.yaml"
-    if not spec_path.is_file():
-        raise StrcvitError(f"the demo spec {spec_path} is missing; run the demo from a checkout of strcvit-bench")
-    spec = load_spec(spec_path, num_chunks=num_chunks, chunk_size=chunk_size)
-    stream_dir = out / "stream"
-    manifest_path = stream_dir / "manifest.json"
-    same = manifest_path.is_file() and json.loads(manifest_path.read_text()).get("spec") == spec.model_dump(mode="json")
-    if rebuild or not same:
-        with progress_bar("building the demo stream") as update:
-            build_stream(spec, stream_dir, base_dir=spec_path.parent, overwrite=True, progress=update)
+    stream_dir = demo.build_demo_stream(out, num_chunks, chunk_size, rebuild, progress_bar)
     say(f"demo stream: {stream_dir}")
-    run_dirs = []
-    jobs = [(m, s) for m in names for s in range(seeds)]
-    for k, (method, seed) in enumerate(jobs):
-        run_dir = out / "runs" / f"{method}-s{seed}"
-        run_dirs.append(run_dir)
-        results_path = run_dir / "results.json"
-        if results_path.is_file() and json.loads(results_path.read_text()).get("complete"):
-            say(f"[{k + 1}/{len(jobs)}] {method} seed {seed}: already complete, kept")
-            continue
-        config = RunConfig(stream=str(stream_dir), method=method, seed=seed, out=str(run_dir), eval_limit=eval_limit,
-                           pretrain_samples=pretrain_samples)
-        with progress_bar(f"[{k + 1}/{len(jobs)}] {method} seed {seed}") as update:
-            results = run(config, resume=(run_dir / "run_config.json").is_file(), progress=update)
-        m = results["metrics"]
-        say(f"    final avg {m['final_average_accuracy']:.1f}  mean avg {m['mean_average_accuracy']:.1f}  "
-            f"BWT {m['bwt']:.1f}  forgetting {m['forgetting']:.1f}")
+    jobs = demo.jobs_for([m.strip() for m in methods.split(",") if m.strip()], stream_dir, pretrain_samples)
+    run_dirs = list(demo.run_jobs(jobs, seeds, stream_dir, out, eval_limit, pretrain_samples, say, progress_bar))
     target = leaderboard or out / "leaderboard"
     command = "strcvit demo" + (f" --seeds {seeds}" if seeds != 1 else "") + (
         f" --leaderboard {leaderboard}" if leaderboard else "")
-    lb.update(run_dirs, target, command)
+    lb.update(run_dirs, target, command, reference)
     typer.echo((target / "leaderboard.md").read_text())
     say(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min")
     typer.echo(f"leaderboard: {(target / 'index.html').resolve()}")  # unwrapped: a path to copy
@@ -286,12 +256,13 @@ def demo_cmd(
 def leaderboard_cmd(
     run_dirs: list[Path] = typer.Argument(None, help="Run directories to add (none: just regenerate)."),
     out: Path = typer.Option(Path("leaderboard"), "--out", "-o", help="Leaderboard directory."),
+    reference: str = typer.Option("lora", "--reference", help="Method every other is compared with, paired."),
 ) -> None:
     """Add runs to a leaderboard and write leaderboard.md/.csv, plots and a static index.html."""
     from strcvit_bench.reports import leaderboard as lb
 
     command = "strcvit leaderboard " + " ".join(str(p) for p in run_dirs or []) + f" --out {out}"
-    summary = lb.update(list(run_dirs or []), out, command)
+    summary = lb.update(list(run_dirs or []), out, command, reference)
     typer.echo((out / "leaderboard.md").read_text())
     say(f"{summary['runs']} runs in {summary['groups']} groups; page: {(out / 'index.html').resolve()}")
 

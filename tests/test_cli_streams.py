@@ -91,9 +91,20 @@ def test_small_demo_runs_every_method_and_writes_the_leaderboard(tmp_path, monke
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     check_invariants(out / "stream")
-    for method in ("lora", "replay", "ewc", "moelora", "smolora", "strlora"):
+    md = (out / "leaderboard" / "leaderboard.md").read_text()
+    for method in DEMO_METHODS:
         assert json.loads((out / "runs" / f"{method}-s0" / "results.json").read_text())["complete"]
-        assert f"| {method} | 1 |" in (out / "leaderboard" / "leaderboard.md").read_text()
+    for method in ("lora", "replay", "ewc", "moelora", "smolora", "strlora", "branchlora", "cram", "joint"):
+        assert f"| {method} | 1 |" in md
+    # the parameter-matched LoRA: within 10 % of StrLoRA's trainable parameters, its own row
+    matched = json.loads((out / "runs" / "lora-matched-s0" / "results.json").read_text())
+    strlora = json.loads((out / "runs" / "strlora-s0" / "results.json").read_text())
+    rank = matched["method_options"]["rank"]
+    assert rank > 8 and matched["method_options"]["alpha"] == 2 * rank
+    assert abs(matched["per_chunk"][0]["trainable_params"] / strlora["per_chunk"][0]["trainable_params"] - 1) <= 0.1
+    assert f"| lora[alpha={2 * rank:.1f},rank={rank}] | 1 |" in md
+    assert "Paired differences against `lora`" in md
+    assert (out / "leaderboard" / "plots" / "demo__tiny__average.png").is_file()
     assert (out / "leaderboard" / "index.html").is_file() and "index.html" in result.output
     again = runner.invoke(app, args)  # finished runs are kept, not redone
     assert again.exit_code == 0 and again.output.count("already complete") == len(DEMO_METHODS)
@@ -105,4 +116,4 @@ def test_full_demo(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     lb = (tmp_path / "demo" / "leaderboard" / "leaderboard.md").read_text()
-    assert all(f"| {m} | 1 |" in lb for m in ("lora", "replay", "ewc", "moelora", "smolora", "strlora"))
+    assert all(f"| {m} | 1 |" in lb for m in ("lora", "replay", "ewc", "moelora", "smolora", "strlora", "joint"))

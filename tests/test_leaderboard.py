@@ -43,7 +43,7 @@ def fake_run(root: Path, method: str, seed: int, R: list[list[float]], stream: s
 def test_groups_aggregate_seeds_and_keep_streams_and_incomplete_runs_apart(tmp_path):
     runs = [
         fake_run(tmp_path, "lora", 0, [[50, 0], [20, 60], [10, 80]]),
-        fake_run(tmp_path, "lora", 1, [[40, 0], [30, 50], [20, 70]]),
+        fake_run(tmp_path, "lora", 1, [[40, 0], [30, 50], [20, 60]]),
         fake_run(tmp_path, "replay", 0, [[50, 0], [45, 60], [40, 75]]),
         fake_run(tmp_path, "replay", 1, [[50, 0], [45, 60]], complete=False),
         fake_run(tmp_path, "lora", 0, [[10, 0], [10, 10], [10, 10]], stream="s2"),
@@ -56,8 +56,9 @@ def test_groups_aggregate_seeds_and_keep_streams_and_incomplete_runs_apart(tmp_p
     assert md.count("## stream") == 2  # s1 and s2 never share a table
     s1 = md.split("## stream")[1]
     lora_row = next(line for line in s1.splitlines() if line.startswith("| lora |"))
-    finals = [statistics.fmean([10, 80]), statistics.fmean([20, 70])]  # 45, 45
-    assert f"| lora | 2 | {statistics.fmean(finals):.2f} ± {statistics.stdev(finals):.2f} |" in lora_row
+    finals = [statistics.fmean([10, 80]), statistics.fmean([20, 60])]  # 45, 40
+    half = 12.706204736174707 * statistics.stdev(finals) / 2 ** 0.5  # 95 % t-interval, 1 degree of freedom
+    assert f"| lora | 2 | {statistics.fmean(finals):.2f} ± {half:.2f} |" in lora_row
     replay_row = next(line for line in s1.splitlines() if line.startswith("| replay |"))
     assert replay_row.startswith("| replay | 1 | 57.50 |")  # the incomplete seed is not averaged in
     assert "replay, seed 1: 2/3 chunks" in s1
@@ -124,7 +125,7 @@ def test_index_html_renders_in_headless_chromium(tmp_path):
     page = (out / "index.html").resolve().as_uri()
     dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count("<tr>") == 1 + 3  # header + one row per method
+    assert dom.stdout.count("<tr>") == (1 + 3) + (1 + 2)  # header + a row per method; paired vs lora
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == [], console
     shot = tmp_path / "shot.png"
@@ -151,3 +152,73 @@ def test_adapter_parameters_along_the_stream(tmp_path):
     png = out / "plots" / "s1__tiny__parameters.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "adapter parameters along the stream" in (out / "index.html").read_text()
+
+
+def _with_items(run: Path, items: list) -> Path:
+    from strcvit_bench.evaluation.uncertainty import bootstrap_run
+
+    r = json.loads((run / "results.json").read_text())
+    r["item_scores"] = {"chunks": items, "base": None, "test_ids_sha256": "same"}
+    r["uncertainty"] = bootstrap_run(items, [t["first_seen"] for t in r["tasks"]], seed=0)
+    (run / "results.json").write_text(json.dumps(r))
+    return run
+
+
+def test_intervals_and_paired_differences_in_md_and_csv(tmp_path):
+    lora = [fake_run(tmp_path, "lora", s, [[50, 0], [20, 60], [10 + s, 80]]) for s in range(3)]
+    replay = [fake_run(tmp_path, "replay", s, [[50, 0], [45, 60], [40 + 2 * s, 75]]) for s in range(3)]
+    ewc = [fake_run(tmp_path, "ewc", s, [[50, 0], [20, 60], [10 + s + (1 if s == 1 else -1), 80]]) for s in range(3)]
+    out = tmp_path / "lb"
+    lb.update(lora + replay + ewc, out, "x")
+    md = (out / "leaderboard.md").read_text()
+    table = md.split("Paired differences against `lora`")[1]
+    replay_row = next(line for line in table.splitlines() if line.startswith("| replay |"))
+    # replay's final avg is 12.5 + s/2 points above lora's in seed s: separated
+    assert "| replay | 3 | +13.00 [" in replay_row and "not separated" not in replay_row.split("|")[3]
+    ewc_row = next(line for line in table.splitlines() if line.startswith("| ewc |"))
+    assert "(not separated)" in ewc_row.split("|")[3]  # differences -0.5, +0.5, -0.5
+    assert "| lora |" not in table.split("\n\n")[1]  # the reference is not compared with itself
+    rows = {r["method"]: r for r in csv_rows(out)}
+    assert rows["replay"]["ci_basis"] == "seeds (t)" and float(rows["replay"]["final_average_accuracy_ci95"]) > 0
+    assert (out / "plots" / "s1__tiny__average.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_one_seed_rows_show_a_test_item_interval_and_no_std(tmp_path):
+    items_a = [[[1, 0] * 10, [0] * 20], [[1, 0] * 10, [1, 1, 0, 0] * 5], [[1, 0] * 10, [1, 1, 1, 0] * 5]]
+    items_b = [[[1, 0] * 10, [0] * 20], [[1, 0] * 10, [1, 1, 0, 0] * 5], [[0, 0] * 10, [1, 1, 1, 0] * 5]]
+    R = lambda items: [[100 * sum(t) / len(t) for t in row] for row in items]  # noqa: E731
+    a = _with_items(fake_run(tmp_path, "lora", 0, R(items_a)), items_a)
+    b = _with_items(fake_run(tmp_path, "cram", 0, R(items_b)), items_b)
+    out = tmp_path / "lb"
+    lb.update([a, b], out, "x")
+    rows = {r["method"]: r for r in csv_rows(out)}
+    assert rows["lora"]["final_average_accuracy_std"] == ""  # unknown with one seed, not 0.0
+    assert rows["lora"]["ci_basis"] == "test items (bootstrap)"
+    lo, hi = (float(rows["lora"][f"final_average_accuracy_ci95_{end}"]) for end in ("lo", "hi"))
+    assert lo < float(rows["lora"]["final_average_accuracy_mean"]) < hi
+    md = (out / "leaderboard.md").read_text()
+    cram = next(line for line in md.split("Paired differences")[1].splitlines() if line.startswith("| cram |"))
+    assert "| cram | 1 | -25.00 [" in cram  # task a loses its 10 right items of 20 after chunk 2: -50 / 2 tasks
+
+
+@pytest.mark.parametrize("content", ["[]", "{}", '{"schema_version": 2}', "not json"])
+def test_foreign_results_are_refused_before_anything_is_copied(tmp_path, content):
+    good = fake_run(tmp_path, "lora", 0, [[50, 0], [20, 60], [10, 80]])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.json").write_text(content)
+    out = tmp_path / "lb"
+    r = CliRunner().invoke(app, ["leaderboard", str(good), str(bad), "--out", str(out)])
+    assert r.exit_code == 2 and str(bad) in r.output.replace("\n", "") and "Traceback" not in r.output
+    assert not list(out.glob("runs/*"))  # the good run was not copied either
+    # the store is not poisoned: the good run alone goes in afterwards
+    assert CliRunner().invoke(app, ["leaderboard", str(good), "--out", str(out)]).exit_code == 0
+
+
+def test_string_matrix_and_empty_runs_are_refused(tmp_path):
+    run = fake_run(tmp_path, "lora", 0, [[50, 0], [20, 60], [10, 80]])
+    r = json.loads((run / "results.json").read_text())
+    for broken in ({**r, "accuracy_matrix": [["a", "b"]]}, {**r, "accuracy_matrix": []}):
+        (run / "results.json").write_text(json.dumps(broken))
+        out = CliRunner().invoke(app, ["leaderboard", str(run), "--out", str(tmp_path / "lb")])
+        assert out.exit_code == 2 and "not a strcvit results.json" in out.output.replace("\n", " ")

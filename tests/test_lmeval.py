@@ -12,7 +12,7 @@ from strcvit_bench.cli import app
 
 lm_eval = pytest.importorskip("lm_eval")
 runner = CliRunner()
-FAST = ["--pretrain-samples", "1024", "--lr", "0.02", "--batch-size", "8", "--epochs-per-chunk", "2"]
+FAST = ["--pretrain-samples", "1024", "--lr", "0.02", "--batch-size", "8", "--epochs-per-chunk", "4"]
 
 
 @pytest.fixture(autouse=True)
@@ -37,13 +37,20 @@ def test_lm_eval_scores_equal_the_runners(tmp_path, tiny_stream):
     from strcvit_bench.share.lmeval import strcvit_lm
 
     model = strcvit_lm()(run=str(run_dir), chunk=1)
-    out = simple_evaluate(model=model, tasks=["tiny"],
+    out = simple_evaluate(model=model, tasks=["tiny"], log_samples=True,
                           task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False))
     results = json.loads((run_dir / "results.json").read_text())
     in_loop = dict(zip([t["name"] for t in results["tasks"]], results["accuracy_matrix"][1], strict=True))
+    answers = []
     for task, score in in_loop.items():
         assert out["results"][f"tiny_{task}"]["score,none"] * 100 == pytest.approx(score, abs=1e-9)
-    assert any(score > 0 for score in in_loop.values())  # the comparison is not 0 == 0 everywhere
+        # the same answer to every item, not only the same mean: the comparison is not 0 == 0
+        lines = (run_dir / "predictions" / "chunk_001" / f"{task}.jsonl").read_text().splitlines()
+        theirs = [s["filtered_resps"][0] for s in sorted(out["samples"][f"tiny_{task}"], key=lambda s: s["doc_id"])]
+        ours = [json.loads(line)["prediction"] for line in lines]
+        assert theirs == ours
+        answers += ours
+    assert any(a.strip() for a in answers)
     chunk = simple_evaluate(model=model, tasks=["tiny_chunk_000"], limit=6,
                             task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False))
     assert 0.0 <= chunk["results"]["tiny_chunk_000"]["score,none"] <= 1.0

@@ -70,6 +70,14 @@ def test_run_end_to_end(tmp_path, tiny_stream, method):
     for key in ("final_average_accuracy", "mean_average_accuracy", "bwt", "forgetting", "plasticity", "fwt"):
         assert key in r["metrics"]
     assert r["trainable_params"] > 0 and len(r["per_chunk"]) == 3
+    # per-item scores behind every cell, and a seeded bootstrap interval around every number
+    items = r["item_scores"]["chunks"]
+    cells = [100 * sum(t) / len(t) for row in items for t in row]
+    assert cells == pytest.approx([v for row in r["accuracy_matrix"] for v in row])
+    for key, value in r["metrics"].items():
+        ci = r["uncertainty"]["metrics_ci95"][key]
+        assert value is None or ci[0] - 1e-9 <= value <= ci[1] + 1e-9, key
+    assert r["uncertainty"]["test_items"] == [8, 8, 8] and len(r["uncertainty"]["accuracy_matrix_ci95"]) == 3
     assert {"train_loss", "train_seconds", "eval_seconds", "peak_rss_mib", "trainable_params",
             "adapter_params"} <= set(r["per_chunk"][0])
     curve = [p["adapter_params"] for p in r["per_chunk"]]
@@ -118,7 +126,9 @@ def test_run_end_to_end(tmp_path, tiny_stream, method):
 
 def _comparable(r: dict) -> dict:
     return {k: r[k] for k in ("accuracy_matrix", "base_scores", "metrics", "trainable_params", "method_info")} | {
-        "losses": [p["train_loss"] for p in r["per_chunk"]], "params": [p["adapter_params"] for p in r["per_chunk"]]}
+        "losses": [p["train_loss"] for p in r["per_chunk"]], "params": [p["adapter_params"] for p in r["per_chunk"]],
+        "method_stats": [p["method_stats"] for p in r["per_chunk"]], "items": r["item_scores"]["chunks"],
+        "uncertainty": r["uncertainty"]}
 
 
 @pytest.mark.parametrize("method", ["replay", "ewc", "strlora", "branchlora", "cram"])
@@ -134,14 +144,24 @@ def test_resume_after_an_interruption_gives_the_same_results(tmp_path, tiny_stre
 
     real = runner_mod.train_chunk
 
-    def crash(bundle, method_obj, params, index, rows, config):
+    def crash(bundle, method_obj, params, index, rows, config, parallel=None):
+        """Chunk 2 dies after two optimiser steps: its parameters are half-updated in memory."""
         if index == 2:
-            raise RuntimeError("simulated crash")
-        return real(bundle, method_obj, params, index, rows, config)
+            steps = {"n": 0}
+            real_after = method_obj.after_step
+
+            def after_step():
+                real_after()
+                steps["n"] += 1
+                if steps["n"] == 2:
+                    raise RuntimeError("simulated crash")
+
+            method_obj.after_step = after_step
+        return real(bundle, method_obj, params, index, rows, config, parallel)
 
     monkeypatch.setattr(runner_mod, "train_chunk", crash)
     crashed = _run(tiny_stream, part, method, "--resume")
-    assert crashed.exit_code != 0
+    assert isinstance(crashed.exception, RuntimeError) and str(crashed.exception) == "simulated crash"
     monkeypatch.setattr(runner_mod, "train_chunk", real)
     resumed = _run(tiny_stream, part, method, "--resume")
     assert resumed.exit_code == 0, resumed.output
@@ -183,6 +203,9 @@ def test_bad_inputs_exit_2(tmp_path, tiny_stream):
                             "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "could not be loaded" in r.output
     assert "Traceback" not in r.output
+    # a run that could not start leaves nothing behind: the corrected command just works
+    assert not (tmp_path / "o").exists()
+    assert _run(tiny_stream, tmp_path / "o", "lora", "--max-chunks", "1").exit_code == 0
 
 
 def test_methods_command_lists_methods_and_options():

@@ -25,6 +25,14 @@ def test_vqa_accuracy_single_reference_is_normalised_exact_match():
     assert vqa_accuracy("three", ["2"]) == 0.0
 
 
+def test_vqa_accuracy_fewer_than_ten_references_is_any_match():
+    # the 3-of-10 consensus rule is not applied to short reference lists
+    assert vqa_accuracy("red", ["red", "red", "red"]) == 1.0
+    assert vqa_accuracy("Red.", ["blue", "red"]) == 1.0
+    assert vqa_accuracy("green", ["blue", "red"]) == 0.0
+    assert vqa_accuracy("red", ["red"] * 9) == 1.0
+
+
 def test_vqa_accuracy_ten_references_leave_one_out():
     # 2 of 10 annotators said "red": each leave-one-out subset that keeps both scores 2/3,
     # the 2 subsets that drop one of them score 1/3 -> (8 * 2/3 + 2 * 1/3) / 10 = 0.6
@@ -51,7 +59,11 @@ def test_levenshtein_and_anls():
 def test_relaxed_accuracy():
     assert relaxed_accuracy("104", ["100"]) == 1.0  # 4 % off
     assert relaxed_accuracy("106", ["100"]) == 0.0  # 6 % off
-    assert relaxed_accuracy("50%", ["50"]) == 1.0
+    # "50%" is 0.5 (pix2struct), for prediction and reference alike
+    assert relaxed_accuracy("50%", ["0.5"]) == 1.0
+    assert relaxed_accuracy("0.51", ["50%"]) == 1.0  # 2 % off 0.5
+    assert relaxed_accuracy("50%", ["50"]) == 0.0
+    assert relaxed_accuracy("12.5 %", ["0.125"]) == 1.0
     assert relaxed_accuracy("0", ["0"]) == 1.0
     assert relaxed_accuracy("0.1", ["0"]) == 0.0
     assert relaxed_accuracy("Yellow", ["yellow"]) == 1.0

@@ -89,3 +89,18 @@ def test_cli_bad_spec_exit_2_no_traceback_nothing_written(tmp_path, tiny_spec_da
 def test_cli_missing_spec_file(tmp_path):
     result = runner.invoke(app, ["build-stream", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2 and "cannot read the spec file" in result.output
+
+
+@pytest.mark.parametrize("template", ["{question!r}", "{question:x<10}", "{question:>5000000000}"])
+def test_templates_take_plain_placeholders_only(tiny_spec_data, template):
+    tiny_spec_data["tasks"][0]["instructions"] = [template]
+    msg = _error(tiny_spec_data)
+    assert "tasks[0].instructions" in msg and "no format spec or conversion" in msg
+
+
+@pytest.mark.parametrize("name", [".", "..", "..."])
+def test_stream_names_that_are_not_a_path_component_are_refused(tiny_spec_data, name):
+    tiny_spec_data["name"] = name
+    assert "name" in _error(tiny_spec_data)
+    tiny_spec_data["name"] = "v1.2"
+    parse_spec(tiny_spec_data, "my.yaml")

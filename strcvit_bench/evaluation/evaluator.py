@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from strcvit_bench.evaluation.scoring import get_metric
+from strcvit_bench.methods.base import evaluation_row
 from strcvit_bench.models.base import ModelBundle, model_inputs
 from strcvit_bench.training.trainer import autocast
 
@@ -18,7 +19,11 @@ Rows = list[dict[str, Any]]
 def generate_answers(bundle: ModelBundle, rows: Rows, batch_size: int,
                      before_forward: Callable[[dict[str, torch.Tensor], Rows], None] | None = None,
                      precision: str = "fp32") -> list[str]:
-    """Greedy decoding with left-padded prompts and the KV cache (transformers' generate)."""
+    """Greedy decoding with left-padded prompts and the KV cache (transformers' generate).
+
+    The model and the method see each row as a deployed model would (`evaluation_row`: image,
+    instruction, opaque id): no answers, no task, no source.
+    """
 
     model, enc = bundle.model, bundle.encoder
     was_training = model.training
@@ -26,10 +31,10 @@ def generate_answers(bundle: ModelBundle, rows: Rows, batch_size: int,
     answers: list[str] = []
     device = next(model.parameters()).device
     for i in range(0, len(rows), batch_size):
-        chunk = rows[i: i + batch_size]
+        chunk = [evaluation_row(r) for r in rows[i: i + batch_size]]
         batch = {k: v.to(device) for k, v in enc.prompt_batch(chunk).items()}
         if before_forward is not None:
-            before_forward(batch, [{k: v for k, v in r.items() if k != "task"} for r in chunk])
+            before_forward(batch, chunk)
         inputs = model_inputs(batch)
         with autocast(precision, device):
             out = model.generate(**inputs, max_new_tokens=bundle.max_new_tokens, do_sample=False,

@@ -7,6 +7,7 @@ and the tests. The registry `METRICS` is what stream specs name.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 
@@ -31,6 +32,7 @@ _NUMBER_WORDS = {
     "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
 }
 _ARTICLES = {"a", "an", "the"}
+VQA_CONSENSUS_REFERENCES = 10
 _PUNCT = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`",
           ",", "?", "!"]
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
@@ -59,14 +61,17 @@ def normalize_vqa_answer(text: str) -> str:
 def vqa_accuracy(prediction: str, references: Sequence[str]) -> float:
     """VQAv2 accuracy: mean over leave-one-out reference subsets of min(1, matches / 3).
 
-    With a single reference this is exact match after normalisation.
+    The min(1, matches/3) rule is a consensus rule of ten human annotators; it is only defined
+    for the VQAv2/TextVQA ten references (we apply it from ten on). With fewer references —
+    GQA's one answer, a generator's synonyms — a match with any reference after normalisation
+    scores 1; otherwise three identical references would cap a right answer at 0.667.
     """
     if not references:
         return 0.0
     pred = normalize_vqa_answer(prediction)
     refs = [normalize_vqa_answer(r) for r in references]
-    if len(refs) == 1:
-        return float(pred == refs[0])
+    if len(refs) < VQA_CONSENSUS_REFERENCES:
+        return float(pred in refs)
     scores = []
     for i in range(len(refs)):
         others = refs[:i] + refs[i + 1:]
@@ -107,13 +112,17 @@ def anls(prediction: str, references: Sequence[str], threshold: float = 0.5) -> 
 # --- relaxed accuracy (ChartQA) --------------------------------------------------------------
 
 def _to_float(text: str) -> float | None:
+    """A number, with "50%" read as 0.5 (pix2struct's ChartQA convention, for prediction and
+    reference alike: a chart labelled in percent is answered either way)."""
     text = text.strip().replace(",", "")
+    scale = 1.0
     if text.endswith("%"):
-        text = text[:-1]
+        text, scale = text[:-1].strip(), 0.01
     try:
-        return float(text)
+        value = float(text) * scale
     except ValueError:
         return None
+    return value if math.isfinite(value) else None
 
 
 def relaxed_accuracy(prediction: str, references: Sequence[str], tolerance: float = 0.05) -> float:

@@ -7,7 +7,9 @@ through `state()`/`load_state()` as tensors + JSON, so checkpoints never pickle 
 a resumed run continues exactly.
 
 Methods never see task labels unless the stream sets `task_ids_visible: true`: rows reach
-them without the `task` field.
+them without the `task` field, and with an opaque id (a hash of the stream's
+`<source>/<split>/<original id>`, which names the source). At evaluation a method sees what a
+deployed model is given: the image, the instruction and the opaque id, never the answers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,20 @@ from strcvit_bench.models.base import ModelBundle
 from strcvit_bench.parallel import Parallel
 
 Rows = list[dict[str, Any]]
+
+EVALUATION_FIELDS = ("id", "image", "instruction")
+
+
+def opaque_id(row_id: str) -> str:
+    """A stable id that names neither task nor source: 16 hex digits of the id's sha256."""
+    import hashlib
+
+    return hashlib.sha256(row_id.encode("utf-8")).hexdigest()[:16]
+
+
+def evaluation_row(row: dict[str, Any]) -> dict[str, Any]:
+    """What a method may see of a test row: image, instruction, opaque id."""
+    return {"id": opaque_id(row["id"]), "image": row["image"], "instruction": row["instruction"]}
 
 
 class MethodOptions(BaseModel):
@@ -51,6 +67,7 @@ class MethodContext:
     lookup_rows: Callable[[list[str]], Rows]
     batch_loss: Callable[..., torch.Tensor]  # (rows, sum_over_tokens=False) -> answer NLL
     extra: dict[str, Any] = field(default_factory=dict)
+    chunk_ids: Callable[[], list[list[str]]] = list  # every chunk's opaque row ids (the joint bound)
     parallel: Parallel = field(default_factory=lambda: Parallel(distributed=False))
 
 
@@ -137,6 +154,11 @@ class Method:
 
     def after_chunk(self, index: int, rows: Rows) -> None:
         """Called after training on chunk `index`, before evaluation."""
+
+    def chunk_stats(self) -> dict[str, Any]:
+        """Facts about the chunk just trained (e.g. a regulariser's size), recorded in
+        results.json as `per_chunk[i].method_stats`, so a method's behaviour is inspectable."""
+        return {}
 
     # --- state carried across chunks (checkpoints) -----------------------------------------
 

@@ -21,6 +21,12 @@ class ExpertOptions(MethodOptions):
         if self.rank_per_expert is None and self.rank % self.experts:
             raise ValueError(f"rank {self.rank} is not divisible by experts {self.experts}; "
                              f"set rank_per_expert or a rank that divides")
+        # a top-k above the experts would be clamped by the layer yet recorded as given, and
+        # so make a leaderboard row of its own for a run identical to another
+        for key in ("top_k", "freeze_top_k"):
+            k = getattr(self, key, None)
+            if isinstance(k, int) and k > self.experts:
+                raise ValueError(f"{key} {k} exceeds experts {self.experts}")
         return self
 
     @property

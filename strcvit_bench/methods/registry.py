@@ -15,13 +15,14 @@ def methods() -> dict[str, type[Method]]:
     from baselines.branchlora import BranchLoRA
     from baselines.cram import CRAM
     from baselines.ewc import EWC
+    from baselines.joint import Joint
     from baselines.lora import LoRA
     from baselines.moelora import MoELoRA
     from baselines.replay import Replay
     from baselines.smolora import SMoLoRA
     from strcvit_bench.strlora import StrLoRA
 
-    return {m.name: m for m in (LoRA, Replay, EWC, MoELoRA, SMoLoRA, StrLoRA, BranchLoRA, CRAM)}
+    return {m.name: m for m in (LoRA, Replay, EWC, MoELoRA, SMoLoRA, StrLoRA, BranchLoRA, CRAM, Joint)}
 
 
 def get_method(name: str) -> type[Method]:

@@ -52,7 +52,7 @@ class TinyConfig:
 
 @dataclass(frozen=True)
 class PretrainRecipe:
-    samples: int = 12_000
+    samples: int = 24_000
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = 1234  # disjoint from streams: captions rows are drawn under derive_seed(seed, "pretrain")

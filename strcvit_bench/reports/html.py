@@ -21,8 +21,7 @@ img{max-width:100%;margin:6px 4px;border:1px solid #eee}
 .muted{color:#777;font-size:13px}
 </style></head><body>
 <h1>strcvit-bench leaderboard</h1>
-<p class="muted">Accuracies in percent, mean ± std over seeds. Click a column to sort. Produced by
-<code>__COMMAND__</code>.</p>
+<p class="muted">__HOWTO__ Click a column to sort. Produced by <code>__COMMAND__</code>.</p>
 __BODY__
 <script>
 document.querySelectorAll("table.leaderboard").forEach(function(table){
@@ -46,12 +45,28 @@ document.querySelectorAll("table.leaderboard").forEach(function(table){
 """
 
 
+def _table(head: list[str], rows: list[list[tuple[str, Any]]], css: str = "leaderboard") -> str:
+    """A sortable table: each cell's text and the value it sorts by."""
+    body = "".join("<tr>" + "".join(f'<td data-v="{html.escape(str(v))}">{html.escape(t)}</td>' for t, v in cells)
+                   + "</tr>" for cells in rows)
+    return (f"<table class='{css}'><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + body + "</tbody></table>")
+
+
 def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def render_html(groups: list[Any], plots: dict[str, dict[str, bytes]], command: str) -> str:
-    from strcvit_bench.reports.leaderboard import METRIC_COLUMNS, section_key, sections
+def render_html(groups: list[Any], plots: dict[str, dict[str, bytes]], command: str, reference: str = "lora") -> str:
+    from strcvit_bench.reports.comparison import COMPARED
+    from strcvit_bench.reports.leaderboard import (
+        HOW_TO_READ,
+        METRIC_COLUMNS,
+        _diff_text,
+        comparisons,
+        section_key,
+        sections,
+    )
 
     parts = []
     for (stream, fp, model), gs in sections(groups).items():
@@ -65,16 +80,27 @@ def render_html(groups: list[Any], plots: dict[str, dict[str, bytes]], command: 
             n = len(g.complete)
             cells = [(g.method, g.method), (str(n), n)]
             for key, _ in METRIC_COLUMNS:
-                mean, std = g.metric(key)
-                text = "–" if mean is None else (f"{mean:.2f}" if n < 2 else f"{mean:.2f} ± {std:.2f}")
-                cells.append((text, "" if mean is None else f"{mean:.6f}"))
+                e = g.estimate(key)
+                cells.append((e.text(), "" if e.mean is None else f"{e.mean:.6f}"))
             params = g.complete[0].get("trainable_params") or 0
             train = sum(r["timings"]["train_seconds"] for r in g.complete) / n
             cells += [(f"{params:,}", params), (f"{train:.0f}", f"{train:.3f}")]
-            rows.append("<tr>" + "".join(f'<td data-v="{html.escape(str(v))}">{html.escape(t)}</td>'
-                                         for t, v in cells) + "</tr>")
-        parts.append("<table class='leaderboard'><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
-                     + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+            rows.append(cells)
+        parts.append(_table(head, rows))
+        diffs = comparisons(gs, reference)
+        if diffs:
+            head2 = ["method", "n"] + [f"Δ {label}" for _, label in COMPARED]
+            body = []
+            for method, d in diffs.items():
+                n = next((v["n"] for v in d.values()), 0)
+                body.append([(method, method), (str(n), n)] + [
+                    (_diff_text(d.get(k)), d[k]["mean_diff"] if d.get(k) else "") for k, _ in COMPARED])
+            parts.append(f"<p>Paired differences against <code>{html.escape(reference)}</code> "
+                         f"(method − {html.escape(reference)}; 95 % CI; p two-sided):</p>"
+                         + _table(head2, body, "leaderboard paired"))
+        average = plots.get(section_key(stream, model), {}).get("average")
+        if average:
+            parts.append(_img(average, "average accuracy over seen tasks, every method"))
         incomplete = [(g, r) for g in gs for r in g.incomplete]
         if incomplete:
             parts.append("<p class='muted'>Incomplete runs (not averaged in): " + ", ".join(
@@ -88,4 +114,5 @@ def render_html(groups: list[Any], plots: dict[str, dict[str, bytes]], command: 
             imgs = "".join(_img(png, f"{g.method} {kind}") for kind, png in plots.get(g.key, {}).items())
             parts.append(f"<details><summary>{html.escape(g.method)}: accuracy, curves, forgetting"
                          f"{', routing' if g.routing else ''}</summary>{imgs}</details>")
-    return PAGE.replace("__COMMAND__", html.escape(command)).replace("__BODY__", "\n".join(parts))
+    return (PAGE.replace("__HOWTO__", html.escape(HOW_TO_READ)).replace("__COMMAND__", html.escape(command))
+            .replace("__BODY__", "\n".join(parts)))

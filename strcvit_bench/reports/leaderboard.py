@@ -24,6 +24,7 @@ from filelock import FileLock
 from strcvit_bench.errors import StrcvitError
 from strcvit_bench.evaluation.metrics import forgetting_matrix
 from strcvit_bench.io import atomic_write_bytes, atomic_write_text
+from strcvit_bench.reports.comparison import COMPARED, ITEMS, SEEDS, Estimate, average_curve, estimate, paired
 
 METRIC_COLUMNS = [
     ("final_average_accuracy", "final avg"),
@@ -71,11 +72,15 @@ class Group:
         return f"{_slug(self.stream)}__{_slug(self.model)}__{_slug(self.method)}"
 
     def metric(self, name: str) -> tuple[float | None, float | None]:
+        """Mean and standard deviation over seeds (std None with one seed: it is unknown, not 0)."""
         vals = [r["metrics"].get(name) for r in self.complete]
         vals = [v for v in vals if v is not None]
         if not vals:
             return None, None
-        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+    def estimate(self, name: str) -> Estimate:
+        return estimate(self.complete, name)
 
     def mean_matrix(self) -> list[list[float | None]]:
         runs = self.complete or self.incomplete[:1]
@@ -121,11 +126,48 @@ def _read_results(run_dir: Path) -> dict[str, Any]:
         raise StrcvitError(f"{path} is not valid JSON ({exc})") from None
 
 
+def validate_results(results: Any, where: Path) -> None:
+    """Refuse what is not one of our results.json files before anything is copied: a bad file
+    in the store would break every later update."""
+
+    def bad(why: str) -> StrcvitError:
+        return StrcvitError(f"{where} is not a strcvit results.json ({why}); pass run directories made by "
+                            f"`strcvit run`")
+
+    if not isinstance(results, dict):
+        raise bad("not a JSON object")
+    if results.get("schema_version") != 1:
+        raise bad(f"schema_version {results.get('schema_version')!r}, expected 1")
+    missing = [k for k in ("method", "model", "seed", "stream", "tasks", "accuracy_matrix", "metrics", "complete")
+               if k not in results]
+    if missing:
+        raise bad(f"missing {', '.join(missing)}")
+    stream = results["stream"]
+    if not isinstance(stream, dict) or not isinstance(stream.get("fingerprint"), str) or "name" not in stream:
+        raise bad("stream has no name or fingerprint")
+    R, tasks = results["accuracy_matrix"], results["tasks"]
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) and "name" in t for t in tasks):
+        raise bad("tasks is not a list of tasks")
+    if not isinstance(R, list) or not R:
+        raise bad("no finished chunk: the accuracy matrix is empty")
+    for row in R:
+        if not isinstance(row, list) or len(row) != len(tasks) or not all(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in row):
+            raise bad("the accuracy matrix is not a numeric chunks × tasks table")
+    if not isinstance(results["metrics"], dict):
+        raise bad("metrics is not an object")
+
+
 def add_runs(run_dirs: list[Path], out: Path) -> list[Path]:
-    """Copy runs into the leaderboard's store (replacing the same stream/model/method/seed)."""
-    added = []
+    """Copy runs into the leaderboard's store (replacing the same stream/model/method/seed);
+    every run is validated before the first is copied."""
+    loaded = []
     for run_dir in run_dirs:
         results = _read_results(run_dir)
+        validate_results(results, run_dir)
+        loaded.append((run_dir, results))
+    added = []
+    for run_dir, results in loaded:
         target = store_path(out, results)
         target.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
@@ -151,10 +193,24 @@ def load_groups(out: Path) -> list[Group]:
     return sorted(groups.values(), key=lambda g: (g.stream, g.fingerprint, g.model, g.method))
 
 
-def _fmt(mean: float | None, std: float | None, n: int) -> str:
-    if mean is None:
+REFERENCE = "lora"
+UPPER_BOUND = "joint"
+
+
+def comparisons(gs: list[Group], reference: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each complete group of a section against the reference group (paired)."""
+    ref = next((g for g in gs if g.method == reference and g.complete), None)
+    if ref is None:
+        return {}
+    return {g.method: paired(g.complete, ref.complete) for g in gs if g.complete and g is not ref}
+
+
+def _diff_text(d: dict[str, Any] | None) -> str:
+    if not d:
         return "–"
-    return f"{mean:.2f}" if n < 2 else f"{mean:.2f} ± {std:.2f}"
+    lo, hi = d["ci95"]
+    verdict = "" if d["separated"] else " (not separated)"
+    return f"{d['mean_diff']:+.2f} [{lo:+.1f}, {hi:+.1f}], p={d['p_value']:.3f}{verdict}"
 
 
 def sections(groups: list[Group]) -> dict[tuple[str, str, str], list[Group]]:
@@ -164,10 +220,17 @@ def sections(groups: list[Group]) -> dict[tuple[str, str, str], list[Group]]:
     return out
 
 
-def markdown(groups: list[Group], command: str) -> str:
-    lines = ["# strcvit-bench leaderboard", "",
-             "Accuracies in percent; mean ± std over seeds (n). Metrics: DESIGN/README. "
-             f"Produced by `{command}`.", ""]
+HOW_TO_READ = (
+    "Accuracies in percent. A row with n ≥ 2 seeds shows mean ± the half-width of its 95 % "
+    "t-interval over seeds; a row with one seed shows its 95 % bootstrap interval over test items "
+    "in brackets (test-set noise only: one seed says nothing about training noise). Differences "
+    "against the reference are paired (same seeds, or the same test items); one whose 95 % interval "
+    "covers 0 is marked *not separated* and is no evidence of a difference. `joint` is the i.i.d. "
+    "upper bound on the same budget, not a stream method. Metric definitions: docs/metrics.md.")
+
+
+def markdown(groups: list[Group], command: str, reference: str = REFERENCE) -> str:
+    lines = ["# strcvit-bench leaderboard", "", HOW_TO_READ, "", f"Produced by `{command}`.", ""]
     for (stream, fp, model), gs in sections(groups).items():
         lines += [f"## stream `{stream}` (fingerprint `{fp[:12]}`), model `{model}`", ""]
         header = ["method", "n"] + [label for _, label in METRIC_COLUMNS] + ["trainable params", "train time (s)"]
@@ -177,11 +240,22 @@ def markdown(groups: list[Group], command: str) -> str:
             if not g.complete:
                 continue
             n = len(g.complete)
-            cells = [g.method, str(n)] + [_fmt(*g.metric(k), n) for k, _ in METRIC_COLUMNS]
+            cells = [g.method, str(n)] + [g.estimate(k).text() for k, _ in METRIC_COLUMNS]
             params = g.complete[0].get("trainable_params")
             train = statistics.fmean(r["timings"]["train_seconds"] for r in g.complete)
             cells += [f"{params:,}" if params else "–", f"{train:.0f}"]
             lines.append("| " + " | ".join(cells) + " |")
+        diffs = comparisons(gs, reference)
+        if diffs:
+            lines += ["", f"Paired differences against `{reference}` (method − {reference}; 95 % CI; "
+                      "p two-sided):", "",
+                      "| method | n | " + " | ".join(f"Δ {label}" for _, label in COMPARED) + " |",
+                      "|" + "---|" * (len(COMPARED) + 2)]
+            for method, d in diffs.items():
+                n = next((v["n"] for v in d.values()), 0)
+                lines.append(f"| {method} | {n} | " + " | ".join(_diff_text(d.get(k)) for k, _ in COMPARED) + " |")
+        lines += ["", f"Seen-task average after each chunk, every method with its 95 % band: "
+                  f"`plots/{section_key(stream, model)}__average.png`."]
         incomplete = [(g, r) for g in gs for r in g.incomplete]
         if incomplete:
             lines += ["", "Incomplete runs (not averaged in):", ""]
@@ -205,15 +279,21 @@ def markdown(groups: list[Group], command: str) -> str:
 def csv_text(groups: list[Group]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    header = ["stream", "fingerprint", "model", "method", "n", "incomplete"]
+    header = ["stream", "fingerprint", "model", "method", "n", "incomplete", "ci_basis"]
     for k, _ in METRIC_COLUMNS:
-        header += [f"{k}_mean", f"{k}_std"]
+        header += [f"{k}_mean", f"{k}_std", f"{k}_ci95", f"{k}_ci95_lo", f"{k}_ci95_hi"]
     w.writerow(header + ["trainable_params", "train_seconds"])
+
+    def num(v: float | None) -> str:
+        return "" if v is None else f"{v:.4f}"
+
     for g in groups:
-        row: list[Any] = [g.stream, g.fingerprint, g.model, g.method, len(g.complete), len(g.incomplete)]
+        basis = SEEDS if len(g.complete) > 1 else ITEMS if g.complete else ""
+        row: list[Any] = [g.stream, g.fingerprint, g.model, g.method, len(g.complete), len(g.incomplete), basis]
         for k, _ in METRIC_COLUMNS:
             m, s = g.metric(k)
-            row += ["" if m is None else f"{m:.4f}", "" if s is None else f"{s:.4f}"]
+            e = g.estimate(k)
+            row += [num(m), num(s), num(e.half), num(e.lo), num(e.hi)]
         params = (g.complete or g.incomplete)[0].get("trainable_params")
         train = statistics.fmean(r["timings"]["train_seconds"] for r in g.complete) if g.complete else None
         w.writerow(row + [params, "" if train is None else f"{train:.1f}"])
@@ -249,16 +329,16 @@ def plots_for(g: Group) -> dict[str, bytes]:
     return out
 
 
-def write(out: Path, command: str) -> dict[str, Any]:
+def write(out: Path, command: str, reference: str = REFERENCE) -> dict[str, Any]:
     """Regenerate leaderboard.md/.csv, plots/ and index.html from the run store."""
     from strcvit_bench.reports.html import render_html
 
     groups = load_groups(out)
     if not groups:
         raise StrcvitError(f"{out} holds no runs; add some with `strcvit leaderboard RUNDIR... --out {out}`")
-    atomic_write_text(out / "leaderboard.md", markdown(groups, command))
+    atomic_write_text(out / "leaderboard.md", markdown(groups, command, reference))
     atomic_write_text(out / "leaderboard.csv", csv_text(groups))
-    from strcvit_bench.reports.plots import parameter_curves
+    from strcvit_bench.reports.plots import average_curves, parameter_curves
 
     plots: dict[str, dict[str, bytes]] = {}
     for g in groups:
@@ -266,18 +346,26 @@ def write(out: Path, command: str) -> dict[str, Any]:
         for kind, png in plots[g.key].items():
             atomic_write_bytes(out / "plots" / f"{g.key}__{kind}.png", png)
     for (stream, _, model), gs in sections(groups).items():
+        key = section_key(stream, model)
+        plots[key] = {}
+        bands = {g.method: band for g in gs if g.complete and (band := average_curve(g.complete))}
+        if bands:
+            n = max(len(g.complete) for g in gs)
+            plots[key]["average"] = average_curves(
+                bands, f"{stream}, {model}: average over the tasks seen so far "
+                       f"(95 % band: {'seeds' if n > 1 else 'test items'})")
         curves = {g.method: g.parameter_curve() for g in gs if g.complete and g.parameter_curve()}
         if curves:
-            key = section_key(stream, model)
-            plots[key] = {"parameters": parameter_curves(curves, f"{stream}, {model}: adapter parameters")}
-            atomic_write_bytes(out / "plots" / f"{key}__parameters.png", plots[key]["parameters"])
-    atomic_write_text(out / "index.html", render_html(groups, plots, command))
+            plots[key]["parameters"] = parameter_curves(curves, f"{stream}, {model}: adapter parameters")
+        for kind, png in plots[key].items():
+            atomic_write_bytes(out / "plots" / f"{key}__{kind}.png", png)
+    atomic_write_text(out / "index.html", render_html(groups, plots, command, reference))
     return {"groups": len(groups), "runs": sum(len(g.complete) + len(g.incomplete) for g in groups)}
 
 
-def update(run_dirs: list[Path], out: Path, command: str) -> dict[str, Any]:
+def update(run_dirs: list[Path], out: Path, command: str, reference: str = REFERENCE) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out / ".lock"), timeout=600):
         add_runs(run_dirs, out)
-        return write(out, command)
+        return write(out, command, reference)
 

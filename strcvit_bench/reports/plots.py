@@ -88,10 +88,28 @@ def parameter_curves(curves: dict[str, list[float]], title: str) -> bytes:
     cmap = plt.get_cmap("tab10")
     for k, (method, curve) in enumerate(curves.items()):
         ax.plot(range(len(curve)), curve, marker="o", ms=3, color=cmap(k % 10), label=method)
+    return _per_chunk_axes(fig, ax, "adapter parameters", title, ncol=2)
+
+
+def _per_chunk_axes(fig, ax, ylabel: str, title: str, ncol: int) -> bytes:
     ax.set_xlabel("after chunk")
-    ax.set_ylabel("adapter parameters")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=2, frameon=False)
+    ax.legend(fontsize=7, ncol=ncol, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
+
+
+def average_curves(bands: dict[str, tuple[list[float], list[float], list[float]]], title: str) -> bytes:
+    """The paper's main curve: the seen-task average after each chunk, one line per method with
+    its 95 % band, so the reader sees at once which gaps exceed the noise."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    for k, (method, (mean, lo, hi)) in enumerate(bands.items()):
+        x = list(range(len(mean)))
+        style = "--" if method == "joint" else "-"
+        ax.plot(x, mean, style, marker="o", ms=3, color=cmap(k % 10), label=method)
+        ax.fill_between(x, lo, hi, color=cmap(k % 10), alpha=0.15, linewidth=0)
+    return _per_chunk_axes(fig, ax, "average accuracy over seen tasks (%)", title, ncol=3)

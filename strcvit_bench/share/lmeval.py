@@ -128,7 +128,7 @@ def _lm_class():
                 visuals = req.args[2].get("visual", []) if len(req.args) > 2 else []
                 if not visuals:
                     raise StrcvitError("strcvit models answer image+text requests; this request has no image")
-                rows.append({"image": visuals[0], "instruction": ctx})
+                rows.append({"id": f"lm-eval/{len(rows)}", "image": visuals[0], "instruction": ctx})
                 untils.append([u for u in gen_kwargs.get("until", []) if u])
             answers = generate_answers(self.bundle, rows, self.batch, self.method.before_forward)
             out = []

@@ -40,9 +40,16 @@ class TaskSpec(StrictModel):
     def _templates(cls, templates: list[str]) -> list[str]:
         for t in templates:
             try:
-                names = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+                parts = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(t) if f is not None]
             except ValueError as exc:
                 raise ValueError(f"template {t!r} is not a valid format string: {exc}") from None
+            # plain placeholders only: a format spec like {question:>5000000000} costs minutes and
+            # gigabytes, and conversions ({question!r}) change the text behind the user's back
+            fancy = [f for f, spec, conv in parts if spec or conv]
+            if fancy:
+                raise ValueError(f"template {t!r}: placeholders take no format spec or conversion; write "
+                                 + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS) + " as they are")
+            names = {f for f, _, _ in parts}
             bad = names - set(TEMPLATE_FIELDS)
             if bad:
                 raise ValueError(f"template {t!r} uses unknown placeholder(s) {sorted(bad)}; allowed: "
@@ -88,6 +95,8 @@ class ScheduleSpec(StrictModel):
 
 
 class StreamSpec(StrictModel):
+    # a safe single path component: the default --out is streams/<name>, and "." or ".." would
+    # make it streams/ itself or its parent (which --overwrite would then replace)
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     description: str = ""
     seed: int = 0
@@ -97,6 +106,13 @@ class StreamSpec(StrictModel):
     allow_short: bool = False
     tasks: list[TaskSpec] = Field(..., min_length=1)
     schedule: ScheduleSpec
+
+    @field_validator("name")
+    @classmethod
+    def _path_component(cls, name: str) -> str:
+        if set(name) == {"."}:
+            raise ValueError(f"{name!r} is not a usable stream name: it must name a directory of its own")
+        return name
 
     @model_validator(mode="after")
     def _consistent(self) -> StreamSpec:

@@ -34,13 +34,16 @@ class StrLoRALinear(ExpertLoRA):
         self.router_Wq = nn.Parameter(torch.empty(router_dim, base.in_features, **like))
         self.router_Wk = nn.Parameter(torch.empty(router_dim, d_model, **like))
         self.router_P = nn.Parameter(torch.empty(experts, router_dim, **like))
-        for p in (self.router_Wr, self.router_Wq, self.router_Wk):
-            nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.router_Wr, a=math.sqrt(5))  # an nn.Linear's default, as released
+        for p in (self.router_Wq, self.router_Wk):  # xavier_uniform, as released
+            nn.init.xavier_uniform_(p)
         nn.init.normal_(self.router_P, std=router_dim ** -0.5)
         self.register_buffer("ema_Wq", self.router_Wq.detach().clone(), persistent=False)
         self.register_buffer("ema_Wk", self.router_Wk.detach().clone(), persistent=False)
         self.register_buffer("ema_P", self.router_P.detach().clone(), persistent=False)
-        self.top_k = min(top_k, experts)
+        if not 1 <= top_k <= experts:
+            raise ValueError(f"top_k must be in 1..{experts}, got {top_k}")
+        self.top_k = top_k
         self.task_select, self.token_weights, self.stage1_grad, self.tau = task_select, token_weights, stage1_grad, tau
         self.t: torch.Tensor | None = None            # (B, d_model) instruction representation
         self.token_mask: torch.Tensor | None = None   # (B, L) real tokens, for the KL mean and stats
@@ -92,6 +95,13 @@ class StrLoRALinear(ExpertLoRA):
         """The batch's real tokens, while x is the whole prompt (not a decoding step)."""
         m = self.token_mask
         return m if m is not None and m.shape == x.shape[:2] else None
+
+    @torch.no_grad()
+    def copy_router_to_teacher(self) -> None:
+        """The teacher is born as the router trained so far (the buffers hold nothing before)."""
+        self.ema_Wq.copy_(self.router_Wq)
+        self.ema_Wk.copy_(self.router_Wk)
+        self.ema_P.copy_(self.router_P)
 
     def update_ema(self, momentum: float) -> None:
         routing.ema_update(self.ema_Wq, self.router_Wq, momentum)

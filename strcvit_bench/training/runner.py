@@ -23,9 +23,11 @@ from strcvit_bench.env import git_commit, hardware, library_versions
 from strcvit_bench.errors import StrcvitError
 from strcvit_bench.evaluation.evaluator import generate_answers, score_task
 from strcvit_bench.evaluation.metrics import all_metrics, first_seen_from_counts
+from strcvit_bench.evaluation.uncertainty import bootstrap_run
 from strcvit_bench.io import atomic_write_json, atomic_write_text
 from strcvit_bench.methods.registry import get_method, parse_options
 from strcvit_bench.parallel import Parallel
+from strcvit_bench.seeding import derive_seed
 from strcvit_bench.streams.stream import verify_stream
 from strcvit_bench.training import checkpoint, setup
 from strcvit_bench.training.config import RunConfig
@@ -82,14 +84,16 @@ class Run:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed)
         main = self.parallel.is_main
-        if main:
+        store = RowStore(stream, hide_task=not stream.manifest.get("task_ids_visible", False))
+        bundle, method, params = setup.build(cfg, stream, store.lookup, self.progress, self.parallel,
+                                              chunk_ids=store.chunk_ids)
+        if main:  # only once the model and method are built: a run that cannot start leaves nothing
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / "run_config.json", cfg.model_dump())
-        store = RowStore(stream, hide_task=not stream.manifest.get("task_ids_visible", False))
-        bundle, method, params = setup.build(cfg, stream, store.lookup, self.progress, self.parallel)
         self.method, self.bundle = method, bundle
         tasks = stream.manifest["tasks"]
         tests = {t["name"]: stream.read_test(t["name"]).to_pylist()[: cfg.eval_limit] for t in tasks}
+        self._tests = tests
         first_seen = first_seen_from_counts(stream.task_names, stream.composition())
         last = stream.num_chunks if cfg.max_chunks is None else min(stream.num_chunks, cfg.max_chunks)
 
@@ -98,10 +102,11 @@ class Run:
             store.remember(self.resume_from)
             start = self.resume_from + 1
         else:
-            state = {"accuracy_matrix": [], "per_chunk": [], "base_scores": None, "base_eval_seconds": None}
+            state = {"accuracy_matrix": [], "per_chunk": [], "base_scores": None, "base_eval_seconds": None,
+                     "item_scores": [], "base_item_scores": None}
             t0 = time.perf_counter()
             self._say("scoring the untrained model", 0, last)
-            state["base_scores"] = self._evaluate(tests, tasks, "base", method)
+            state["base_scores"], state["base_item_scores"] = self._evaluate(tests, tasks, "base", method)
             state["base_eval_seconds"] = time.perf_counter() - t0
             start = 0
         self._write_results(state, params, first_seen, method, bundle)
@@ -111,11 +116,12 @@ class Run:
             stats = train_chunk(bundle, method, params, index, rows, cfg, self.parallel)
             self._say(f"chunk {index}: evaluating", index, last)
             t0 = time.perf_counter()
-            scores = self._evaluate(tests, tasks, f"chunk_{index:03d}", method)
+            scores, items = self._evaluate(tests, tasks, f"chunk_{index:03d}", method)
             stats.update({"chunk": index, "eval_seconds": time.perf_counter() - t0, "peak_rss_mib": _peak_rss_mib()})
             if torch.cuda.is_available():
                 stats["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
             state["accuracy_matrix"].append(scores)
+            state.setdefault("item_scores", []).append(items)
             state["per_chunk"].append(stats)
             m_tensors, m_meta = method.state()
             if main:
@@ -125,8 +131,10 @@ class Run:
         self.parallel.barrier()  # results.json is complete before any rank returns
         return json.loads((self.out / "results.json").read_text())
 
-    def _evaluate(self, tests: dict[str, list[dict]], tasks: list[dict], tag: str, method) -> list[float]:
-        scores, routing = [], {}
+    def _evaluate(self, tests: dict[str, list[dict]], tasks: list[dict], tag: str,
+                  method) -> tuple[list[float], list[list[float]]]:
+        """Every task's score, and its per-item scores (what the bootstrap CIs resample)."""
+        scores, items, routing = [], [], {}
         par = self.parallel
         for task in tasks:
             rows = tests[task["name"]]
@@ -142,9 +150,18 @@ class Run:
                 atomic_write_text(self.out / "predictions" / tag / f"{task['name']}.jsonl",
                                   "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             scores.append(score)
+            items.append([round(float(r["score"]), 6) for r in records])
         if routing and par.is_main:
             self._record_routing(tag, routing)
-        return scores
+        return scores, items
+
+    def _test_ids_digest(self) -> str:
+        """Which test items were scored, in order: a paired comparison of two runs is only
+        valid on the same items."""
+        import hashlib
+
+        ids = "\n".join(r["id"] for name in sorted(self._tests) for r in self._tests[name])
+        return hashlib.sha256(ids.encode()).hexdigest()
 
     def _record_routing(self, tag: str, per_task: dict[str, Any]) -> None:
         """routing.json: per evaluation point and task, the mean expert activation (and, for
@@ -161,6 +178,9 @@ class Run:
         cfg, stream = self.config, self.stream
         R = state["accuracy_matrix"]
         per = state["per_chunk"]
+        items = state.get("item_scores") or []
+        if len(items) != len(R):  # a checkpoint of a version that kept no per-item scores
+            items = []
         results = {
             "schema_version": SCHEMA_VERSION,
             "method": cfg.method,
@@ -177,6 +197,12 @@ class Run:
             "accuracy_matrix": R,
             "base_scores": state["base_scores"],
             "metrics": all_metrics(R, first_seen, state["base_scores"]) if R else {},
+            # percentile bootstrap over test items, seeded by the run's seed: how much of every
+            # number above is the finite test set's sampling error
+            "uncertainty": bootstrap_run(items, first_seen, state.get("base_item_scores"),
+                                         seed=derive_seed(cfg.seed, "bootstrap")) if items else {},
+            "item_scores": {"base": state.get("base_item_scores"), "chunks": items,
+                            "test_ids_sha256": self._test_ids_digest()},
             "per_chunk": per,
             "trainable_params": method.parameter_counts()["adapter"],
             "completed_chunks": len(R),

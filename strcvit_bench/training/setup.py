@@ -40,7 +40,8 @@ def device_for(name: str) -> torch.device:
 
 
 def build(cfg: RunConfig, stream: Stream, lookup_rows: Callable[[list[str]], list[dict[str, Any]]] = lambda ids: [],
-          progress: Callable[[str, int, int], None] | None = None, parallel: Parallel | None = None
+          progress: Callable[[str, int, int], None] | None = None, parallel: Parallel | None = None,
+          chunk_ids: Callable[[], list[list[str]]] = list,
           ) -> tuple[ModelBundle, Method, dict[str, torch.nn.Parameter]]:
     """The configured model on its device, the method attached, and its trainable parameters."""
     parallel = parallel or Parallel(distributed=False)
@@ -66,7 +67,7 @@ def build(cfg: RunConfig, stream: Stream, lookup_rows: Callable[[list[str]], lis
     ctx = MethodContext(
         bundle=bundle, seed=cfg.seed, num_chunks=stream.num_chunks, chunk_size=int(stream.manifest["chunk_size"]),
         task_ids_visible=bool(stream.manifest.get("task_ids_visible", False)), lookup_rows=lookup_rows,
-        batch_loss=lambda *a, **k: None, parallel=parallel,
+        batch_loss=lambda *a, **k: None, parallel=parallel, chunk_ids=chunk_ids,
     )
     method = cls(parse_options(cls, cfg.method_options), ctx)
     ctx.batch_loss = functools.partial(batch_loss, bundle, method)

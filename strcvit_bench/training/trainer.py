@@ -141,4 +141,4 @@ def train_chunk(bundle: ModelBundle, method: Method, params: dict[str, torch.nn.
     return {"train_loss": parallel.total(loss_sum) / tokens if tokens else float("nan"), "train_seconds": seconds,
             "train_samples": seen, "train_samples_per_s": seen / seconds if seconds else None, "steps": steps,
             "trainable_params": sum(p.numel() for p in trainable),
-            "adapter_params": method.parameter_counts()["adapter"]}
+            "adapter_params": method.parameter_counts()["adapter"], "method_stats": method.chunk_stats()}

@@ -1,0 +1,111 @@
+"""The main job on the embedded default: build the demo stream, train every method over
+seeds, write the leaderboard. The CLI's `demo` command only parses options and prints.
+
+Besides the eight stream methods the demo runs two reference rows: `joint` (the i.i.d. upper
+bound on the same budget) and `lora-matched`, a LoRA whose rank gives it StrLoRA's trainable
+parameters within 10 %, so a reader sees whether StrLoRA beats LoRA by routing or by size.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from strcvit_bench.errors import StrcvitError
+
+STREAM_METHODS = ("lora", "replay", "ewc", "moelora", "smolora", "strlora", "branchlora", "cram")
+MATCHED = "lora-matched"
+DEMO_METHODS = (*STREAM_METHODS, MATCHED, "joint")
+SPEC = Path(__file__).resolve().parent.parent / "stream_specs" / "demo.yaml"
+
+Say = Callable[[str], None]
+ProgressFactory = Callable[[str], AbstractContextManager[Any]]
+
+
+@dataclass
+class Job:
+    label: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def trainable_params(stream_dir: Path, method: str, options: dict[str, Any], pretrain_samples: int | None) -> int:
+    """The trainable parameters `method` starts with on the tiny model (built, not trained)."""
+    from strcvit_bench.streams.stream import verify_stream
+    from strcvit_bench.training import setup
+    from strcvit_bench.training.config import RunConfig
+
+    cfg = RunConfig(stream=str(stream_dir), method=method, method_options=options, pretrain_samples=pretrain_samples)
+    _, m, _ = setup.build(cfg, verify_stream(stream_dir))
+    return m.parameter_counts()["trainable"]
+
+
+def matched_lora_rank(stream_dir: Path, pretrain_samples: int | None = None, target: str = "strlora") -> int:
+    """The LoRA rank whose trainable parameters are nearest `target`'s default (linear in rank)."""
+    goal = trainable_params(stream_dir, target, {}, pretrain_samples)
+    p1 = trainable_params(stream_dir, "lora", {"rank": 1, "alpha": 2.0}, pretrain_samples)
+    p2 = trainable_params(stream_dir, "lora", {"rank": 2, "alpha": 4.0}, pretrain_samples)
+    per_rank, fixed = p2 - p1, 2 * p1 - p2
+    rank = max(1, round((goal - fixed) / per_rank))
+    if abs(fixed + rank * per_rank - goal) > 0.1 * goal:
+        raise StrcvitError(f"no LoRA rank comes within 10 % of {target}'s {goal:,} parameters")
+    return rank
+
+
+def jobs_for(names: list[str], stream_dir: Path, pretrain_samples: int | None) -> list[Job]:
+    from strcvit_bench.methods.registry import get_method
+
+    jobs = []
+    for name in names:
+        if name == MATCHED:
+            rank = matched_lora_rank(stream_dir, pretrain_samples)
+            jobs.append(Job(MATCHED, "lora", {"rank": rank, "alpha": 2.0 * rank}))  # LoRA's scale α/r = 2 kept
+        else:
+            get_method(name)
+            jobs.append(Job(name, name))
+    return jobs
+
+
+def build_demo_stream(out: Path, num_chunks: int | None, chunk_size: int | None, rebuild: bool,
+                      progress: ProgressFactory) -> Path:
+    from strcvit_bench.streams.builder import build_stream
+    from strcvit_bench.streams.spec import load_spec
+
+    if not SPEC.is_file():
+        raise StrcvitError(f"the demo spec {SPEC} is missing; run the demo from a checkout of strcvit-bench")
+    spec = load_spec(SPEC, num_chunks=num_chunks, chunk_size=chunk_size)
+    stream_dir = out / "stream"
+    manifest = stream_dir / "manifest.json"
+    same = manifest.is_file() and json.loads(manifest.read_text()).get("spec") == spec.model_dump(mode="json")
+    if rebuild or not same:
+        with progress("building the demo stream") as update:
+            build_stream(spec, stream_dir, base_dir=SPEC.parent, overwrite=True, progress=update)
+    return stream_dir
+
+
+def run_jobs(jobs: list[Job], seeds: int, stream_dir: Path, out: Path, eval_limit: int | None,
+             pretrain_samples: int | None, say: Say, progress: ProgressFactory) -> Iterator[Path]:
+    """Each (job, seed) run in turn; a finished run is kept, an interrupted one resumed."""
+    from strcvit_bench.training.config import RunConfig
+    from strcvit_bench.training.runner import run
+
+    work = [(j, s) for j in jobs for s in range(seeds)]
+    for k, (job, seed) in enumerate(work):
+        run_dir = out / "runs" / f"{job.label}-s{seed}"
+        results_path = run_dir / "results.json"
+        if results_path.is_file() and json.loads(results_path.read_text()).get("complete"):
+            say(f"[{k + 1}/{len(work)}] {job.label} seed {seed}: already complete, kept")
+            yield run_dir
+            continue
+        config = RunConfig(stream=str(stream_dir), method=job.method, method_options=job.options, seed=seed,
+                           out=str(run_dir), eval_limit=eval_limit, pretrain_samples=pretrain_samples)
+        with progress(f"[{k + 1}/{len(work)}] {job.label} seed {seed}") as update:
+            results = run(config, resume=(run_dir / "run_config.json").is_file(), progress=update)
+        m = results["metrics"]
+        say(f"    final avg {m['final_average_accuracy']:.1f}  mean avg {m['mean_average_accuracy']:.1f}  "
+            f"BWT {m['bwt']:.1f}  forgetting {m['forgetting']:.1f}")
+        yield run_dir
