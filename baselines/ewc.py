@@ -5,7 +5,7 @@ per-sample gradients (batch size 1, so the square is of one sample's gradient, n
 mean) of the answer's log-likelihood on a sample of the chunk; F_acc ← γ F_acc + F; θ* = the
 parameters after the chunk. Training on later chunks adds (λ/2) Σ F_acc (θ − θ*)².
 
-`variant=authors` reproduces the StrCVIT authors' EWC instead (DESIGN.md §3a): Fisher
+`variant=authors` reproduces the StrCVIT authors' EWC instead (docs/methods.md): Fisher
 initialised to ones and reset at every chunk, updated after every step with F += g²/step,
 anchor θ* = the weights at the chunk's start, penalty ½ λ Σ F (θ − θ*)² from the first chunk on.
 """

@@ -112,6 +112,13 @@ def build_stream_cmd(
     if from_hub is not None:
         from strcvit_bench.share.publish import fetch
 
+        given = (("--seed", seed), ("--num-chunks", num_chunks), ("--chunk-size", chunk_size),
+                 ("--strict", strict or None), ("--workers", workers))
+        ignored = [flag for flag, value in given if value is not None]
+        if ignored:
+            raise StrcvitError(f"--from-hub reads a published stream as it is; {', '.join(ignored)} would be "
+                               f"ignored: build from its spec instead to change it")
+
         target = out or Path("streams") / from_hub.rstrip("/").split("/")[-1]
         stream = fetch(from_hub, target, revision=revision, overwrite=overwrite)
         say(f"fetched {stream.name} into {target}: fingerprint verified against the files")
@@ -142,8 +149,10 @@ def publish_cmd(
     folder: Path = typer.Option(None, "--folder", help="Where to assemble the upload (default STREAM_DIR.publish)."),
 ) -> None:
     """Publish a stream to the Hugging Face Hub (fingerprint and licences checked, card completed)."""
-    from strcvit_bench.share.publish import folder_listing, prepare, publish
+    from strcvit_bench.share.publish import check_repo_id, folder_listing, prepare, publish
 
+    check_repo_id(repo)
+    stream_dir = stream_dir.resolve()  # `publish .` names the current directory
     target = folder or stream_dir.with_name(stream_dir.name + ".publish")
     if dry_run:
         prepare(stream_dir, target)
@@ -375,18 +384,21 @@ def inspect_run_cmd(
 ) -> None:
     """Show a run's accuracy matrix and, for expert methods, expert activation by task (PNG)."""
 
+    from strcvit_bench.reports.leaderboard import read_results, validate_results
     from strcvit_bench.reports.routing import last_point, plot_routing
 
-    path = run_dir / "results.json"
-    if not path.is_file():
-        raise StrcvitError(f"{run_dir} holds no results.json; pass the --out directory of `strcvit run`")
-    results = json.loads(path.read_text())
+    results = read_results(run_dir)
+    validate_results(results, run_dir)
     _print_matrix(results)
     routing_path = run_dir / "routing.json"
     if not routing_path.is_file():
         say(f"{results['method']} has no expert routing to show")
         return
-    routing = json.loads(routing_path.read_text())
+    try:
+        routing = json.loads(routing_path.read_text())
+        routing["points"].items()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise StrcvitError(f"{routing_path} is not a strcvit routing.json (truncated or foreign)") from None
     point = last_point(routing) if chunk is None else f"chunk_{chunk:03d}"
     if point not in routing["points"]:
         raise StrcvitError(f"no routing recorded for {point}; recorded: {', '.join(routing['points'])}")

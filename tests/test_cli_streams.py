@@ -67,7 +67,7 @@ def test_shipped_specs_are_valid():
 
 
 def test_strcvit_spec_reproduces_the_papers_composition():
-    """DESIGN.md §7: the authors' per-chunk table, SA split evenly over its five tasks."""
+    """docs/streams.md: the authors' per-chunk table, SA split evenly over its five tasks."""
     from strcvit_bench.streams.schedule import chunk_counts
     from strcvit_bench.streams.spec import load_spec
 

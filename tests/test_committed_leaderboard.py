@@ -44,7 +44,7 @@ def test_replay_forgets_less_than_lora_over_seeds():
 
 def test_joint_learns_every_task_it_can():
     """The i.i.d. bound reaches 30 % on every task but OCR, which the tiny model reads poorly
-    (docs/demo.md); OCR must still be learned well above what the untrained model scores."""
+    (README: What the demo shows); OCR must still be learned well above the untrained model."""
     for r in RUNS["joint"].values():
         final = dict(zip([t["name"] for t in r["tasks"]], r["accuracy_matrix"][-1], strict=True))
         assert all(v >= 30.0 for name, v in final.items() if name != "ocr"), final

@@ -1,4 +1,4 @@
-"""Continual-learning metrics on hand-computed matrices (DESIGN.md §4)."""
+"""Continual-learning metrics on hand-computed matrices (docs/metrics.md)."""
 
 import pytest
 

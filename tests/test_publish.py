@@ -85,3 +85,27 @@ def test_build_stream_from_a_published_folder(tmp_path, tiny_stream):
     assert json.loads((out / "manifest.json").read_text())["fingerprint"] in r.output
     r = runner.invoke(app, ["build-stream"])
     assert r.exit_code == 2 and "one of the two" in r.output
+
+
+def test_dry_run_never_deletes_what_it_did_not_create(tmp_path, tiny_stream):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    r = runner.invoke(app, ["publish", str(tiny_stream), "--repo", "me/tiny", "--dry-run", "--folder", str(mine)])
+    assert r.exit_code == 2 and "not an upload folder" in r.output.replace("\n", " ")
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    # the stream's own parent (or the stream) as the folder: refused, the stream intact
+    r = runner.invoke(app, ["publish", str(tiny_stream), "--repo", "me/tiny", "--dry-run",
+                            "--folder", str(tiny_stream.parent)])
+    assert r.exit_code == 2 and (tiny_stream / "manifest.json").is_file()
+    # an earlier upload folder of the same stream is replaced, as before
+    up = tmp_path / "up"
+    for _ in range(2):
+        r = runner.invoke(app, ["publish", str(tiny_stream), "--repo", "me/tiny", "--dry-run", "--folder", str(up)])
+        assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("repo", ["not a repo", "me", "me/", "/x", "a/b/c", "me/../x"])
+def test_bad_repo_ids_are_usage_errors(tmp_path, tiny_stream, repo):
+    r = runner.invoke(app, ["publish", str(tiny_stream), "--repo", repo, "--dry-run", "--folder", str(tmp_path / "u")])
+    assert r.exit_code == 2 and "not a Hub repository id" in r.output and not (tmp_path / "u").exists()

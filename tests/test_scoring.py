@@ -1,4 +1,4 @@
-"""Per-sample metrics against hand-computed values (DESIGN.md §4)."""
+"""Per-sample metrics against hand-computed values (docs/metrics.md)."""
 
 import pytest
 

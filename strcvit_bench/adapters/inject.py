@@ -11,7 +11,10 @@ from strcvit_bench.errors import StrcvitError
 
 
 def target_linears(model: nn.Module, pattern: str) -> list[tuple[str, nn.Linear]]:
-    rx = re.compile(pattern)
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise StrcvitError(f"--target-modules {pattern!r} is not a valid regular expression ({exc})") from None
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and rx.fullmatch(n)]
 
 

@@ -8,11 +8,9 @@ from typing import Any
 import torch
 
 from strcvit_bench.evaluation.scoring import get_metric
-from strcvit_bench.methods.base import evaluation_row
+from strcvit_bench.methods.base import Rows, evaluation_row
 from strcvit_bench.models.base import ModelBundle, model_inputs
 from strcvit_bench.training.trainer import autocast
-
-Rows = list[dict[str, Any]]
 
 
 @torch.no_grad()

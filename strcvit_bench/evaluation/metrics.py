@@ -1,4 +1,4 @@
-"""Continual-learning metrics as pure functions of the accuracy matrix (DESIGN.md §4).
+"""Continual-learning metrics as pure functions of the accuracy matrix (docs/metrics.md).
 
 R[t][j] is the score of task j after training on chunk t (0-based), None where not scored.
 `first_seen[j]` is the first chunk holding task j (None if it never appears); it comes from

@@ -1,4 +1,4 @@
-"""Per-sample scoring functions (DESIGN.md §4).
+"""Per-sample scoring functions (docs/metrics.md).
 
 Each metric is a pure function `(prediction, references) -> float in [0, 1]`, so that a
 prediction file can be re-scored offline and the same functions serve the runner, lm-eval

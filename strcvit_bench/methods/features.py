@@ -28,9 +28,8 @@ from typing import Any
 import torch
 
 from strcvit_bench.errors import StrcvitError
+from strcvit_bench.methods.base import Rows
 from strcvit_bench.models.base import ModelBundle, model_inputs
-
-Rows = list[dict[str, Any]]
 
 
 class _Captured(Exception):

@@ -116,13 +116,13 @@ def store_path(out: Path, results: dict[str, Any]) -> Path:
             / f"{_slug(method_label(results))}__s{results['seed']}")
 
 
-def _read_results(run_dir: Path) -> dict[str, Any]:
+def read_results(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "results.json" if run_dir.is_dir() else run_dir
     if not path.is_file():
         raise StrcvitError(f"{run_dir} holds no results.json; pass run directories made by `strcvit run`")
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # truncated, not JSON, not UTF-8
         raise StrcvitError(f"{path} is not valid JSON ({exc})") from None
 
 
@@ -163,7 +163,7 @@ def add_runs(run_dirs: list[Path], out: Path) -> list[Path]:
     every run is validated before the first is copied."""
     loaded = []
     for run_dir in run_dirs:
-        results = _read_results(run_dir)
+        results = read_results(run_dir)
         validate_results(results, run_dir)
         loaded.append((run_dir, results))
     added = []

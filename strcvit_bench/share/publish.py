@@ -1,6 +1,6 @@
 """Publish a built stream as a Hugging Face dataset repo, and read one back.
 
-The stream directory already is the repo layout (DESIGN.md §2). Publishing re-checks the
+The stream directory already is the repo layout (docs/streams.md). Publishing re-checks the
 fingerprint against the files, refuses sources whose licence does not allow redistribution,
 completes the dataset card (licences, composition table and plot, the spec, the fingerprint,
 how to load) and uploads with `HfApi.create_repo` + `upload_folder`. `--dry-run` writes the
@@ -9,7 +9,9 @@ exact folder that would be uploaded instead.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,39 @@ def full_card(stream: Stream) -> str:
     return card + "\n".join(extra)
 
 
+MARKER = ".strcvit-publish.json"
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+def check_repo_id(repo_id: str) -> str:
+    if not REPO_ID.match(repo_id) or len(repo_id) > 96 or ".." in repo_id:
+        raise StrcvitError(f"--repo {repo_id!r} is not a Hub repository id; expected OWNER/NAME "
+                           f"(letters, digits, '-', '_', '.')")
+    return repo_id
+
+
+def _check_folder(folder: Path, stream: Stream) -> None:
+    """Never delete what we did not create: the folder may only be new, empty, or an earlier
+    upload folder of this same stream (it carries our marker)."""
+    here, src = folder.resolve(), stream.path.resolve()
+    if here == src or here in src.parents or src in here.parents:
+        raise StrcvitError(f"--folder {folder} is the stream itself, inside it, or above it; choose a folder "
+                           f"apart from {stream.path}")
+    if not here.exists():
+        return
+    if not here.is_dir():
+        raise StrcvitError(f"--folder {folder} exists and is not a directory")
+    if not any(here.iterdir()):
+        return
+    try:
+        marker = json.loads((here / MARKER).read_text())
+    except (OSError, ValueError):
+        marker = None
+    if not marker or marker.get("stream") != stream.name:
+        raise StrcvitError(f"--folder {folder} is not empty and is not an upload folder of stream {stream.name!r}; "
+                           f"it is left as it is: choose an empty or new folder")
+
+
 def prepare(stream_dir: str | Path, folder: str | Path) -> Path:
     """Write the exact folder that would be uploaded (verified, licences checked, card completed)."""
     from strcvit_bench.reports.composition import plot_composition
@@ -68,7 +103,9 @@ def prepare(stream_dir: str | Path, folder: str | Path) -> Path:
     stream = verify_stream(stream_dir)
     check_licenses(stream)
     folder = Path(folder)
+    _check_folder(folder, stream)
     with atomic_directory(folder, overwrite=True) as tmp:
+        atomic_write_text(tmp / MARKER, json.dumps({"stream": stream.name, "fingerprint": stream.fingerprint}))
         for rel in ["manifest.json", *[str(p.relative_to(stream.path)) for p in stream.path.glob("data/**/*.parquet")]]:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(stream.path / rel, tmp / rel)
@@ -86,6 +123,7 @@ def publish(stream_dir: str | Path, repo_id: str, *, folder: str | Path, private
             revision: str | None = None, api: Any = None) -> Any:
     from huggingface_hub import HfApi, get_token
 
+    check_repo_id(repo_id)
     prepared = prepare(stream_dir, folder)
     if api is None:
         if not (os.environ.get("HF_TOKEN") or get_token()):

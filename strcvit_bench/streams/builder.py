@@ -1,4 +1,4 @@
-"""Materialise a stream spec into a stream directory (DESIGN.md §2).
+"""Materialise a stream spec into a stream directory (docs/streams.md).
 
 Order of work, and why:
 1. Test rows are held out first, per task, and their image hashes remembered, so that no

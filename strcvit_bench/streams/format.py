@@ -1,4 +1,4 @@
-"""The on-disk contract of a built stream (DESIGN.md §2): row schema, paths, fingerprint.
+"""The on-disk contract of a built stream (docs/streams.md): row schema, paths, fingerprint.
 
 Everything that reads or writes a stream goes through these names so the builder, the
 runner and the publisher cannot drift apart.

@@ -1,4 +1,4 @@
-"""StrLoRA, the reference implementation (arXiv 2605.16353; DESIGN.md §3a).
+"""StrLoRA, the reference implementation (arXiv 2605.16353; docs/methods.md).
 
 `routing` holds the formulas as pure functions, `layer` the adapter layer, `method` the
 plugin that wires them into the runner.

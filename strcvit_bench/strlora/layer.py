@@ -1,6 +1,6 @@
 """The StrLoRA adapter layer: two-stage routing over E LoRA experts.
 
-Per target layer (DESIGN.md §3a): stage 1 picks k experts per *sample* from the instruction
+Per target layer (docs/methods.md): stage 1 picks k experts per *sample* from the instruction
 representation t (task-aware selection); stage 2 weights them per *token* by attention
 between the token's query W_q x_l and the instruction key W_k LN(t), through learnable
 L2-normalised prototypes, and sends each token to one expert (straight-through top-1). An EMA

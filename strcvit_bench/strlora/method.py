@@ -1,6 +1,6 @@
 """The StrLoRA method: wires the two-stage router, the EMA reference and the stability loss.
 
-Defaults follow the authors (DESIGN.md §3a) except where §7 says we differ on purpose: the
+Defaults follow the authors (docs/methods.md) except where we differ on purpose: the
 instruction is mean-pooled over its real tokens (`pooling=with_padding` averages padding rows
 too, as their training code does), stage 1 learns through its straight-through top-k
 (`stage1_grad=false` reproduces their mask-only W_r), and router freezing after a chunk is an

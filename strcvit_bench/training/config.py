@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from strcvit_bench.models.base import DEFAULT_PROJECTOR, DEFAULT_TARGET
 
@@ -39,6 +40,22 @@ class RunConfig(BaseModel):
     gradient_checkpointing: bool = False
     compile: bool = Field(False, description="torch.compile the model's forward")
     pretrain_samples: int | None = Field(None, ge=0, description="tiny model: captions seen in pre-training")
+
+    @field_validator("target_modules", "projector_modules")
+    @classmethod
+    def _regex(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
+        return pattern
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, name: str) -> str:
+        if name != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+            raise ValueError(f"{name!r}: expected auto, cpu, cuda or cuda:N")
+        return name
 
     @property
     def train_batch_size(self) -> int:

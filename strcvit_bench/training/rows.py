@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from strcvit_bench.methods.base import opaque_id
+from strcvit_bench.methods.base import Rows, opaque_id
 from strcvit_bench.streams.stream import Stream
-
-Rows = list[dict[str, Any]]
 
 
 class RowStore:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from strcvit_bench.env import git_commit, hardware, library_versions
 from strcvit_bench.errors import StrcvitError
@@ -48,6 +49,8 @@ class Run:
 
     def __init__(self, config: RunConfig, resume: bool = False, progress: Progress | None = None):
         self.config = config
+        if config.device != "auto":
+            setup.device_for(config.device)  # a device that is not there: a usage error before any work
         self.parallel = Parallel(config.device)
         self.progress = progress if self.parallel.is_main else None
         self.out = Path(config.out)
@@ -65,7 +68,11 @@ class Run:
             return None
         if not resume:
             raise StrcvitError(f"{self.out} already holds a run; pass --resume to continue it, or choose another --out")
-        saved = RunConfig.model_validate(json.loads(cfg_path.read_text()))
+        try:
+            saved = RunConfig.model_validate(json.loads(cfg_path.read_text()))
+        except (ValueError, ValidationError):
+            raise StrcvitError(f"--resume: {cfg_path} is corrupt or not a strcvit run configuration; "
+                               f"start the run again in a new --out") from None
         mine = {**self.config.identity(), "method_options": self.options.model_dump()}
         theirs = {**saved.identity(),
                   "method_options": parse_options(self.method_cls, saved.method_options).model_dump()}

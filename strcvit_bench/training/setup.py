@@ -34,9 +34,21 @@ def stream_texts(stream: Stream) -> list[str]:
 
 
 def device_for(name: str) -> torch.device:
+    """auto, cpu, cuda or cuda:N; a device that is not there is a usage error, not a traceback."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise StrcvitError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StrcvitError(f"--device {name}: no CUDA device is available here (torch {torch.__version__}); "
+                           f"use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise StrcvitError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
 
 
 def build(cfg: RunConfig, stream: Stream, lookup_rows: Callable[[list[str]], list[dict[str, Any]]] = lambda ids: [],

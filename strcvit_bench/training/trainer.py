@@ -2,7 +2,7 @@
 
 Each chunk gets a fresh AdamW, as the authors run every chunk as its own training job; the
 first chunk warms up and decays (cosine), later chunks train at a constant, lower rate
-(DESIGN.md §3a). Dropout and batch order are seeded from (seed, chunk), so a run resumed at a
+(docs/methods.md). Dropout and batch order are seeded from (seed, chunk), so a run resumed at a
 chunk boundary continues exactly as an uninterrupted one.
 
 A batch is the optimiser step's: the method yields it whole on every rank, each rank trains its
