@@ -18,11 +18,13 @@ from typing import Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from strcvit_bench.demo import DEMO_METHODS, MATCHED
 from strcvit_bench.errors import StrcvitError
+from strcvit_bench.io import check_output_dir
 
 app = typer.Typer(
     name="strcvit",
@@ -46,6 +48,11 @@ def handles_errors(fn: F) -> F:
         except StrcvitError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # the machine's, not the input's: a full disk, a vanished mount
+            where = f" ({exc.filename})" if exc.filename else ""
+            err_console.print(f"[bold red]error:[/] {escape(str(exc.strerror or exc) + where)}", highlight=False,
+                              markup=True, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -119,14 +126,14 @@ def build_stream_cmd(
             raise StrcvitError(f"--from-hub reads a published stream as it is; {', '.join(ignored)} would be "
                                f"ignored: build from its spec instead to change it")
 
-        target = out or Path("streams") / from_hub.rstrip("/").split("/")[-1]
+        target = check_output_dir(out or Path("streams") / from_hub.rstrip("/").split("/")[-1])
         stream = fetch(from_hub, target, revision=revision, overwrite=overwrite)
         say(f"fetched {stream.name} into {target}: fingerprint verified against the files")
         console.print(f"fingerprint {stream.fingerprint}")
         return
 
     parsed = load_spec(spec, seed=seed, num_chunks=num_chunks, chunk_size=chunk_size)
-    out = out or Path("streams") / parsed.name
+    out = check_output_dir(out or Path("streams") / parsed.name)
     with progress_bar(f"building {parsed.name}") as update:
         manifest = build_stream(parsed, out, base_dir=spec.resolve().parent, overwrite=overwrite,
                                 strict=strict, progress=update, workers=workers)
@@ -153,7 +160,7 @@ def publish_cmd(
 
     check_repo_id(repo)
     stream_dir = stream_dir.resolve()  # `publish .` names the current directory
-    target = folder or stream_dir.with_name(stream_dir.name + ".publish")
+    target = check_output_dir(folder or stream_dir.with_name(stream_dir.name + ".publish"), "--folder")
     if dry_run:
         prepare(stream_dir, target)
         table = Table(title=f"would upload to {repo} (dataset{', private' if private else ''})")
@@ -180,7 +187,7 @@ def export_lm_eval_cmd(
     """Write lm-eval tasks (one per test set, tag = stream name) scored by our metric functions."""
     from strcvit_bench.share.lmeval import export_tasks
 
-    names = export_tasks(stream_dir, out, per_chunk=per_chunk)
+    names = export_tasks(stream_dir, check_output_dir(out), per_chunk=per_chunk)
     say(f"{len(names)} tasks in {out}: {', '.join(names)}")
     typer.echo(f"python -m strcvit_bench.share.lmeval_cli --model strcvit --model_args run=RUNDIR,chunk=K "
                f"--include_path {out} --tasks {open_stream_name(stream_dir)}")
@@ -217,7 +224,9 @@ def inspect_cmd(
     families = {t["name"]: t["family"] for t in stream.manifest["tasks"]}
     console.print("tasks: " + ", ".join(f"{n} ({families[n]})" for n in names))
     if verify:
-        console.print("fingerprint verified against the files")
+        console.print("every file and manifest field verified against the seal, row ids against the fingerprint"
+                      if stream.sealed else "row ids verified against the fingerprint (built before content "
+                      "seals: rebuild the stream to have every byte verified)")
     target = plot or stream.path / "composition.png"
     plot_composition(names, stream.composition(), target, title=f"{stream.name}: chunk composition")
     say(f"composition plot: {target}")
@@ -270,6 +279,7 @@ def leaderboard_cmd(
     """Add runs to a leaderboard and write leaderboard.md/.csv, plots and a static index.html."""
     from strcvit_bench.reports import leaderboard as lb
 
+    check_output_dir(out)
     command = "strcvit leaderboard " + " ".join(str(p) for p in run_dirs or []) + f" --out {out}"
     summary = lb.update(list(run_dirs or []), out, command, reference)
     typer.echo((out / "leaderboard.md").read_text())
@@ -357,6 +367,7 @@ def run_cmd(
     except ValidationError as exc:
         raise StrcvitError("; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
                                      for e in exc.errors())) from None
+    check_output_dir(config.out)
     if num_processes > 1 and launched_world_size() == 1:
         from strcvit_bench.training.launch import relaunch
 

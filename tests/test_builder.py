@@ -110,7 +110,9 @@ def test_failure_leaves_nothing_behind(tmp_path, tiny_spec_data):
     tiny_spec_data["tasks"][2]["source"] = {"kind": "local", "format": "imagefolder", "path": str(tmp_path / "imgs")}
     tiny_spec_data["tasks"][2]["instructions"] = ["What animal is this?"]
     tiny_spec_data["tasks"][2]["test_size"] = 2
-    with pytest.raises(SourceError, match="ran out of rows in chunk 2"):
+    # the 2 test rows come from the same folder: held out, not "duplicates"
+    with pytest.raises(SourceError, match=r"ran out of rows in chunk 2 .*2 rows held out as test rows; "
+                                          r"rows dropped so far: none"):
         build_stream(parse_spec(tiny_spec_data), tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["imgs"]
@@ -135,8 +137,31 @@ def test_verify_detects_modified_files(tmp_path, tiny_spec_data):
     a_bytes = a.read_bytes()
     a.write_bytes(b.read_bytes())
     b.write_bytes(a_bytes)
+    with pytest.raises(StreamError, match="chunk_000/train-00000-of-00001.parquet changed after"):
+        verify_stream(tmp_path / "s")
+    # a stream built before content seals: the fingerprint over row ids still catches a swap
+    manifest = json.loads((tmp_path / "s/manifest.json").read_text())
+    del manifest["content"]
+    (tmp_path / "s/manifest.json").write_text(json.dumps(manifest))
+    assert not open_stream(tmp_path / "s").sealed
     with pytest.raises(StreamError, match="do not match the manifest"):
         verify_stream(tmp_path / "s")
+
+
+def test_seal_covers_every_file_and_the_result_deciding_fields(tiny_stream):
+    from strcvit_bench.streams.format import SEALED_FIELDS, content_seal, data_files, file_sha256
+
+    stream = verify_stream(tiny_stream)
+    files = stream.manifest["content"]["files"]
+    assert sorted(files) == sorted(data_files(stream.manifest)) and len(files) == 3 + 3
+    assert all(file_sha256(tiny_stream / rel) == digest for rel, digest in files.items())
+    assert {"chunks", "tasks", "spec", "fingerprint"} <= set(SEALED_FIELDS)
+    edited = json.loads(json.dumps(stream.manifest))
+    edited["tasks"][0]["metric"] = "exact_match"
+    assert content_seal(edited, files) != stream.manifest["content"]["seal"]
+    edited = json.loads(json.dumps(stream.manifest))
+    edited["created_with"] = {"strcvit-bench": "another version"}  # not result-deciding
+    assert content_seal(edited, files) == stream.manifest["content"]["seal"]
 
 
 def test_open_stream_errors(tmp_path, tiny_stream):
@@ -151,24 +176,52 @@ def test_open_stream_errors(tmp_path, tiny_stream):
         open_stream(broken)
 
 
-def test_corrupt_images_skipped_and_counted_or_strict(tmp_path, tiny_spec_data):
+def _build_with_local_rows(rows: list[dict], tmp_path, spec_data: dict) -> dict:
+    """The tiny stream with its third task read from `rows` (a local parquet source)."""
     import pyarrow as pa
 
+    path = tmp_path / "src.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    spec_data["tasks"][2]["source"] = {"kind": "local", "format": "parquet", "path": str(path),
+                                       "columns": {"id": "qid"}}
+    spec_data["tasks"][2]["test_size"] = 4
+    return build_stream(parse_spec(spec_data), tmp_path / "ok")
+
+
+def test_corrupt_images_skipped_and_counted_or_strict(tmp_path, tiny_spec_data):
     rows = []
     for i in range(30):
         buf = io.BytesIO()
         Image.new("RGB", (8, 8), (i * 8, 10, 10)).save(buf, format="PNG")
         data = buf.getvalue() if i % 10 else b"\x89PNG not really an image"
         rows.append({"image": {"bytes": data, "path": None}, "question": f"q{i}?", "answers": [f"a{i}"], "qid": i})
-    path = tmp_path / "src.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    tiny_spec_data["tasks"][2]["source"] = {"kind": "local", "format": "parquet", "path": str(path),
-                                            "columns": {"id": "qid"}}
-    tiny_spec_data["tasks"][2]["test_size"] = 4
-    m = build_stream(parse_spec(tiny_spec_data), tmp_path / "ok")
+    m = _build_with_local_rows(rows, tmp_path, tiny_spec_data)
     assert m["dropped"]["aerial"]["corrupt_image"] >= 1
     check_invariants(tmp_path / "ok")
     from strcvit_bench.streams import builder
 
     with pytest.raises(SourceError, match="unreadable image"):
         builder.build_stream(parse_spec(tiny_spec_data), tmp_path / "strict", strict=True)
+
+
+def test_truncated_image_is_dropped_or_strict_fails(tmp_path, tiny_spec_data):
+    """A JPEG cut short passes PIL's verify() (it reads the header, not the scan data) and used
+    to reach training and crash it there; the builder now decodes every image."""
+    rows = []
+    for i in range(30):
+        buf = io.BytesIO()
+        Image.effect_noise((64, 64), 40 + i).convert("RGB").save(buf, format="JPEG")
+        data = buf.getvalue()
+        if i % 3 == 0:
+            data = data[:1000]
+            with Image.open(io.BytesIO(data)) as im:
+                im.verify()  # the old check passes it
+        rows.append({"image": {"bytes": data, "path": None}, "question": f"q{i}?", "answers": [f"a{i}"], "qid": i})
+    m = _build_with_local_rows(rows, tmp_path, tiny_spec_data)
+    assert m["dropped"]["aerial"]["corrupt_image"] >= 1
+    for rel in ("data/test/aerial.parquet", *[f"data/chunk_{i:03d}/train-00000-of-00001.parquet" for i in range(3)]):
+        for row in pq.read_table(tmp_path / "ok" / rel).to_pylist():
+            if row["task"] == "aerial":
+                Image.open(io.BytesIO(row["image"]["bytes"])).load()
+    with pytest.raises(SourceError, match="unreadable image"):
+        build_stream(parse_spec(tiny_spec_data), tmp_path / "strict", strict=True)

@@ -3,6 +3,7 @@ the card parses; the upload call is checked against a mocked HfApi; bad streams 
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from unittest import mock
@@ -15,6 +16,10 @@ from typer.testing import CliRunner
 from strcvit_bench.cli import app
 from strcvit_bench.errors import StrcvitError
 from strcvit_bench.share.publish import UPLOAD_PATTERNS, prepare, publish
+from strcvit_bench.streams.builder import build_stream
+from strcvit_bench.streams.spec import parse_spec
+
+from .conftest import TINY_SPEC
 
 runner = CliRunner()
 
@@ -67,12 +72,18 @@ def test_refuses_modified_streams_and_closed_licences(tmp_path, tiny_stream):
     a.write_bytes(b.read_bytes())
     b.write_bytes(a_bytes)
     r = runner.invoke(app, ["publish", str(broken), "--repo", "me/x", "--dry-run"])
-    assert r.exit_code == 2 and "do not match the manifest" in r.output
+    assert r.exit_code == 2 and "changed after the stream was built" in r.output
+    relicensed = tmp_path / "relicensed"  # an edited licence breaks the seal
+    shutil.copytree(tiny_stream, relicensed)
+    m = json.loads((relicensed / "manifest.json").read_text())
+    m["tasks"][1]["license"] = "cc-by-4.0"
+    (relicensed / "manifest.json").write_text(json.dumps(m))
+    r = runner.invoke(app, ["publish", str(relicensed), "--repo", "me/x", "--dry-run"])
+    assert r.exit_code == 2 and "was edited after the build" in r.output
+    spec = copy.deepcopy(TINY_SPEC)  # a stream whose source declares a closed licence
+    spec["tasks"][1]["source"]["license"] = "other"
     closed = tmp_path / "closed"
-    shutil.copytree(tiny_stream, closed)
-    m = json.loads((closed / "manifest.json").read_text())
-    m["tasks"][1]["license"] = "other"
-    (closed / "manifest.json").write_text(json.dumps(m))
+    build_stream(parse_spec(spec), closed)
     with pytest.raises(StrcvitError, match=r"task 'text' \(source builtin.ocr, license other\)"):
         prepare(closed, tmp_path / "up")
 

@@ -57,7 +57,9 @@ def full_card(stream: Stream) -> str:
               "```", "", "Or train on it directly: `strcvit build-stream --from-hub <owner>/<name> --out DIR`, "
               "then `strcvit run --stream DIR`.", "",
               "## Spec", "", "```yaml", spec_yaml.rstrip(), "```", "",
-              f"Fingerprint (sha256 over the spec and every row id in order): `{m['fingerprint']}`.", "",
+              f"Fingerprint (sha256 over the spec and every row id in order): `{m['fingerprint']}`.",
+              f"Content seal (sha256 over every file's sha256 and the result-deciding manifest fields): "
+              f"`{(m.get('content') or {}).get('seal', 'none: built before content seals')}`.", "",
               "## Citation", "", "Built with strcvit-bench for streaming continual visual instruction tuning "
               "(StrLoRA, arXiv 2605.16353). Cite the source datasets listed above.", ""]
     return card + "\n".join(extra)

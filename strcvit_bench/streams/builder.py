@@ -40,12 +40,28 @@ from strcvit_bench.streams.format import (
     SCHEMA_VERSION,
     Fingerprint,
     chunk_path,
+    content_seal,
+    data_files,
+    file_sha256,
     test_path,
 )
 from strcvit_bench.streams.schedule import chunk_counts
 from strcvit_bench.streams.spec import StreamSpec, TaskSpec
 
 ProgressFn = Callable[[str, int, int], None]
+
+
+def exit_with_parent(parent: int) -> None:
+    """Pool workers would outlive a build killed with SIGKILL (nothing tells them): each
+    watches its parent and exits when it is gone."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -67,6 +83,16 @@ class _TaskFeed:
         self._rows: Iterator[SourceRow] = source.iter_rows(which, seed)  # type: ignore[arg-type]
         self.dropped: dict[str, int] = builder.dropped.setdefault(task.name, {})
         self.verify_images = not source.name.startswith("builtin.")
+        self.held_out = 0
+
+    def shortfall(self) -> str:
+        """Why the feed ran dry: the rows the test set holds out, and every drop (the source's too)."""
+        dropped = dict(self.dropped)
+        for reason, n in self.source.counters().items():
+            dropped[reason] = dropped.get(reason, 0) + n
+        held = f"{self.held_out} rows held out as test rows; " if self.held_out else ""
+        drops = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items()) if v) or "none"
+        return f"{held}rows dropped so far: {drops}"
 
     def _drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -79,6 +105,9 @@ class _TaskFeed:
             except StopIteration:
                 break
             row_id = f"{self.source.name}/{self.split}/{raw.id}"
+            if row_id in self.b.test_ids and chunk >= 0:
+                self.held_out += 1  # the train pass over a split the test set was drawn from: expected
+                continue
             if row_id in self.b.seen_ids:
                 self._drop("duplicate_id")
                 continue
@@ -86,7 +115,7 @@ class _TaskFeed:
             if self.verify_images:
                 try:
                     with Image.open(io.BytesIO(image)) as im:
-                        im.verify()
+                        im.load()  # a full decode: verify() passes truncated files that crash training
                 except Exception as exc:
                     if self.b.strict:
                         raise SourceError(f"task {self.task.name!r}: row {row_id} has an unreadable image "
@@ -99,6 +128,7 @@ class _TaskFeed:
                 continue
             if chunk < 0:
                 self.b.test_images.add(digest)
+                self.b.test_ids.add(row_id)
             self.b.seen_ids.add(row_id)
             out.append(self.b.make_row(self.task, raw, row_id, image, chunk))
         return out
@@ -110,6 +140,7 @@ class _Build:
         self.strict = strict
         self.seen_ids: set[str] = set()
         self.test_images: set[bytes] = set()
+        self.test_ids: set[str] = set()
         self.dropped: dict[str, dict[str, int]] = {}
 
     def make_row(self, task: TaskSpec, raw: SourceRow, row_id: str, image: bytes, chunk: int) -> dict[str, Any]:
@@ -117,8 +148,10 @@ class _Build:
         template = task.instructions[rng.randrange(len(task.instructions))]
         instruction = template.format(question=raw.question, options=format_options(raw.options)).strip()
         if not instruction:
-            raise SourceError(f"task {task.name!r}: row {row_id} has an empty instruction: the source gives "
-                              f"no question, so `instructions` must hold fixed text (e.g. 'What is shown in "
+            why = (f"template {template!r} renders nothing for it" if (raw.question or "").strip()
+                   else "the source gives no question")
+            raise SourceError(f"task {task.name!r}: row {row_id} has an empty instruction ({why}), so "
+                              f"`instructions` must hold {{question}} or fixed text (e.g. 'What is shown in "
                               f"this image?')")
         return {"id": row_id, "task": task.name, "image": {"bytes": image, "path": None},
                 "instruction": instruction, "answer": raw.target, "answers": list(raw.answers), "chunk": chunk}
@@ -155,7 +188,8 @@ def build_stream(
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     with contextlib.ExitStack() as stack:
         if workers > 1 and any(isinstance(s, BuiltinSource) for s in sources.values()):
-            pool = stack.enter_context(ProcessPoolExecutor(workers))
+            pool = stack.enter_context(ProcessPoolExecutor(workers, initializer=exit_with_parent,
+                                                           initargs=(os.getpid(),)))
             for s in sources.values():
                 if isinstance(s, BuiltinSource):
                     s.executor = pool
@@ -194,9 +228,9 @@ def _build(spec: StreamSpec, out: Path, sources: dict[str, Source], counts: list
                 if len(taken) < n and not spec.allow_short:
                     raise SourceError(
                         f"task {name!r}: source {sources[name].name!r} ran out of rows in chunk {index} "
-                        f"(needed {n}, got {len(taken)}; rows dropped so far: "
-                        f"{feeds[name].dropped or 'none'}). Lower chunk_size/num_chunks or the "
-                        f"task's share, or set `allow_short: true` in the spec to accept short chunks."
+                        f"(needed {n}, got {len(taken)}; {feeds[name].shortfall()}). Lower "
+                        f"chunk_size/num_chunks or the task's share, or set `allow_short: true` in the spec to "
+                        f"accept short chunks."
                     )
                 got[name] = len(taken)
                 rows.extend(taken)
@@ -228,6 +262,8 @@ def _build(spec: StreamSpec, out: Path, sources: dict[str, Source], counts: list
             "dropped": {k: v for k, v in sorted(b.dropped.items()) if v},
             "created_with": library_versions(("strcvit-bench", "datasets", "pyarrow", "pillow")),
         }
+        files = {rel: file_sha256(tmp / rel) for rel in data_files(manifest)}
+        manifest["content"] = {"files": files, "seal": content_seal(manifest, files)}
         atomic_write_json(tmp / MANIFEST, manifest)
         atomic_write_text(tmp / "README.md", render_card(manifest))
     return manifest

@@ -74,6 +74,39 @@ class Fingerprint:
         return self._h.hexdigest()
 
 
+# manifest fields that decide what a run trains on and how it is scored (counts decide the
+# chunk in which a task is first seen, and so BWT and forgetting); versions and drop counts do not
+SEALED_FIELDS = ("schema_version", "name", "fingerprint", "seed", "chunk_size", "num_chunks",
+                 "task_ids_visible", "spec", "tasks", "chunks")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def data_files(manifest: dict[str, Any]) -> list[str]:
+    """Every parquet file of a stream, relative to its directory: test sets, then chunks."""
+    return ([test_path(t["name"]) for t in manifest["tasks"]]
+            + [chunk_path(c["index"]) for c in manifest["chunks"]])
+
+
+def content_seal(manifest: dict[str, Any], files: dict[str, str]) -> str:
+    """sha256 over the result-deciding manifest fields and every data file's sha256.
+
+    The fingerprint names a stream (its spec and which rows, in which order) and groups runs
+    on the leaderboard; the seal vouches for every byte a run reads, so an edited answer, image
+    or count is caught by `inspect --verify`, `publish` and `run`, not only a changed row id.
+    """
+    sealed = {k: manifest.get(k) for k in SEALED_FIELDS}
+    payload = json.dumps({"manifest": sealed, "files": dict(sorted(files.items()))}, sort_keys=True,
+                         separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
 def read_manifest(stream_dir: str | Path) -> dict[str, Any]:
     from strcvit_bench.errors import StreamError
 

@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import math
 import string
 import types
 import typing
@@ -39,6 +40,9 @@ class TaskSpec(StrictModel):
     @classmethod
     def _templates(cls, templates: list[str]) -> list[str]:
         for t in templates:
+            if not t.strip():
+                raise ValueError("an instruction template is empty: write {question}, {options} or fixed text "
+                                 "such as 'What is shown in this image?'")
             try:
                 parts = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(t) if f is not None]
             except ValueError as exc:
@@ -63,11 +67,11 @@ class TaskSchedule(StrictModel):
     start: int = Field(0, ge=0)
     end: int | None = Field(None, ge=0)
     profile: Literal[PROFILES] = "constant"  # type: ignore[valid-type]
-    weight: float = Field(1.0, gt=0)
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False)
     period: int = Field(2, ge=1)
     duty: int = Field(1, ge=1)  # chunks on per period (`on` would parse as a YAML boolean)
     peak: int | None = None
-    width: float = Field(1.0, gt=0)
+    width: float = Field(1.0, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _order(self) -> TaskSchedule:
@@ -89,8 +93,8 @@ class ScheduleSpec(StrictModel):
             raise ValueError("give exactly one of `tasks` (per-task profiles) or `table` (per-chunk weights)")
         for row in self.table or []:
             for task, w in row.items():
-                if w < 0:
-                    raise ValueError(f"negative weight {w} for task {task!r} in the table")
+                if not math.isfinite(w) or w < 0:
+                    raise ValueError(f"weight {w} for task {task!r} in the table: weights are finite and >= 0")
         return self
 
 
@@ -233,14 +237,29 @@ def parse_spec(data: Any, where: str = "<spec>") -> StreamSpec:
         raise SpecError(format_validation_error(exc, where)) from None
 
 
+def decode_spec_text(raw: bytes, path: Path) -> str:
+    """Specs are shared between machines, so one encoding: UTF-8 (a BOM is tolerated)."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SpecError(f"{path}: the file is UTF-16 encoded; save it as UTF-8 (stream specs are UTF-8)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise SpecError(f"{path}: not UTF-8 text (byte {raw[exc.start]:#04x} at line {line}); "
+                        f"save the spec as UTF-8") from None
+
+
 def read_spec_data(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec file ({exc.strerror or exc})") from None
+    text = decode_spec_text(raw, path)
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise SpecError(f"{path}: the YAML is nested too deeply to be a stream spec") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -6,10 +6,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from strcvit_bench.errors import StreamError
-from strcvit_bench.streams.format import Fingerprint, chunk_path, read_manifest, test_path
+from strcvit_bench.streams.format import (
+    Fingerprint,
+    chunk_path,
+    content_seal,
+    data_files,
+    file_sha256,
+    read_manifest,
+    test_path,
+)
 
 _REQUIRED = ("name", "fingerprint", "seed", "chunk_size", "num_chunks", "spec", "tasks", "chunks")
 
@@ -41,15 +50,28 @@ class Stream:
     def test_file(self, task: str) -> Path:
         return self.path / test_path(task)
 
+    @property
+    def sealed(self) -> bool:
+        """Built with per-file hashes (streams built before them verify row ids only)."""
+        return isinstance(self.manifest.get("content"), dict)
+
     def read_chunk(self, index: int, columns: list[str] | None = None) -> Any:
         """The chunk as a pyarrow Table (images stay encoded bytes until a model needs them)."""
-        return pq.read_table(self.chunk_file(index), columns=columns)
+        return _read_parquet(self.chunk_file(index), columns)
 
     def read_test(self, task: str, columns: list[str] | None = None) -> Any:
-        return pq.read_table(self.test_file(task), columns=columns)
+        return _read_parquet(self.test_file(task), columns)
 
     def composition(self) -> list[dict[str, int]]:
         return [dict(c["counts"]) for c in self.manifest["chunks"]]
+
+
+def _read_parquet(path: Path, columns: list[str] | None) -> Any:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise StreamError(f"{path}: unreadable parquet ({exc}); the stream is damaged: rebuild it or fetch "
+                          f"it again") from None
 
 
 def open_stream(path: str | Path) -> Stream:
@@ -80,9 +102,34 @@ def compute_fingerprint(stream: Stream) -> str:
     return fp.hexdigest()
 
 
+def stream_seal(stream: Stream) -> str | None:
+    content = stream.manifest.get("content")
+    return content.get("seal") if isinstance(content, dict) else None
+
+
+def check_content(stream: Stream) -> None:
+    """Every data file against its recorded sha256, then the manifest's result-deciding fields
+    against the seal: one pass over the bytes, cheap next to a run."""
+    content = stream.manifest["content"]
+    files = content.get("files") if isinstance(content, dict) else None
+    if not isinstance(files, dict) or sorted(files) != sorted(data_files(stream.manifest)):
+        raise StreamError(f"{stream.path}/manifest.json: its content record does not list the stream's files; "
+                          f"the manifest was edited after the build: rebuild the stream")
+    for rel, digest in files.items():
+        if file_sha256(stream.path / rel) != digest:
+            raise StreamError(f"{stream.path / rel} changed after the stream was built (its sha256 differs from "
+                              f"the manifest's); rebuild the stream or fetch it again")
+    if content_seal(stream.manifest, files) != content.get("seal"):
+        raise StreamError(f"{stream.path}/manifest.json was edited after the build (its fields no longer match "
+                          f"the seal: counts, tasks, metrics or spec); rebuild the stream")
+
+
 def verify_stream(path: str | Path) -> Stream:
-    """Open and re-check the fingerprint against the files: catches edited or mixed-up shards."""
+    """Open and re-check the files: every byte against the seal (when the stream has one), and the
+    row ids against the fingerprint. Catches edited answers, images, counts and mixed-up shards."""
     stream = open_stream(path)
+    if stream.sealed:
+        check_content(stream)
     actual = compute_fingerprint(stream)
     if actual != stream.fingerprint:
         raise StreamError(f"{path}: files do not match the manifest (fingerprint {actual[:12]}… != "

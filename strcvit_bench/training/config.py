@@ -79,5 +79,7 @@ class RunConfig(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         """What must match for `--resume` to continue a run (not where it writes or how it evaluates)."""
-        return self.model_dump(exclude={"out", "max_chunks", "eval_batch_size", "device", "gradient_checkpointing",
-                                        "compile"})
+        # not the stream's path: the same stream may be reached by another path; the runner
+        # compares its fingerprint and seal instead
+        return self.model_dump(exclude={"stream", "out", "max_chunks", "eval_batch_size", "device",
+                                        "gradient_checkpointing", "compile"})

@@ -29,7 +29,7 @@ from strcvit_bench.io import atomic_write_json, atomic_write_text
 from strcvit_bench.methods.registry import get_method, parse_options
 from strcvit_bench.parallel import Parallel
 from strcvit_bench.seeding import derive_seed
-from strcvit_bench.streams.stream import verify_stream
+from strcvit_bench.streams.stream import stream_seal, verify_stream
 from strcvit_bench.training import checkpoint, setup
 from strcvit_bench.training.config import RunConfig
 from strcvit_bench.training.rows import RowStore
@@ -80,7 +80,21 @@ class Run:
         if diff:
             raise StrcvitError(f"--resume: {self.out} was run with different settings ({', '.join(diff)}); "
                                f"resume with the same settings or choose another --out")
+        self._check_same_stream()
         return checkpoint.latest(self.out)
+
+    def _check_same_stream(self) -> None:
+        """The stream is the same when its fingerprint and seal are, whatever path reaches it."""
+        try:
+            before = json.loads((self.out / "results.json").read_text())["stream"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # no chunk was scored yet: nothing of another stream can be mixed in
+        now = {"fingerprint": self.stream.fingerprint, "content_seal": stream_seal(self.stream)}
+        for key, value in now.items():
+            if before.get(key) is not None and value is not None and before[key] != value:
+                raise StrcvitError(f"--resume: {self.out} was run on another stream ({key} {before[key][:12]}… "
+                                   f"there, {value[:12]}… in {self.stream.path}); resume on the same stream or "
+                                   f"choose another --out")
 
     def _say(self, label: str, done: int, total: int) -> None:
         if self.progress:
@@ -195,7 +209,8 @@ class Run:
             "method_info": method.info(),
             "model": cfg.model,
             "model_info": {k: v for k, v in bundle.info.items() if k != "cache"},
-            "stream": {"name": stream.name, "fingerprint": stream.fingerprint, "path": str(stream.path),
+            "stream": {"name": stream.name, "fingerprint": stream.fingerprint, "content_seal": stream_seal(stream),
+                       "path": str(stream.path),
                        "num_chunks": stream.num_chunks, "chunk_size": stream.manifest["chunk_size"],
                        "composition": stream.composition()},
             "seed": cfg.seed,

@@ -79,6 +79,15 @@ class Source(ABC):
         return {}
 
 
+def quiet_datasets() -> Any:
+    """`datasets`, with its own progress bars off: the CLI shows one bar, and datasets' bars
+    would otherwise print ahead of, and bury, our error lines."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    return datasets
+
+
 def resolve_path(path: str, base_dir: Path | None) -> Path:
     p = Path(path).expanduser()
     if not p.is_absolute() and base_dir is not None:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from strcvit_bench.data.sources.base import ColumnMap, StrictModel, Which
+from strcvit_bench.data.sources.base import ColumnMap, StrictModel, Which, quiet_datasets
 from strcvit_bench.data.sources.tabular import TabularSource
 from strcvit_bench.errors import SourceError
 
@@ -150,7 +150,7 @@ class HFSource(TabularSource):
         return self.config.name
 
     def _load(self, name: str | None, split: str, streaming: bool) -> Any:
-        import datasets
+        datasets = quiet_datasets()
 
         try:
             return datasets.load_dataset(self.config.path, name, split=split, streaming=streaming,
@@ -169,7 +169,7 @@ class HFSource(TabularSource):
         return ds
 
     def _attach_images(self, which: Which) -> None:
-        import datasets
+        datasets = quiet_datasets()
 
         join = self.config.image_join
         assert join is not None

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from strcvit_bench.data.sources.base import ColumnMap, StrictModel, Which, resolve_path
+from strcvit_bench.data.sources.base import ColumnMap, StrictModel, Which, quiet_datasets, resolve_path
 from strcvit_bench.data.sources.tabular import TabularSource
 from strcvit_bench.errors import SourceError
 
@@ -98,7 +98,7 @@ class LocalSource(TabularSource):
         return "test" if which == "test" and self.test_path is not None else "train"
 
     def open(self, which: Which) -> Any:
-        import datasets
+        datasets = quiet_datasets()
 
         path = self.test_path if which == "test" and self.test_path is not None else self.path
         fmt = self.config.format
