@@ -87,7 +87,7 @@ class EWC(Method):
         parallel = self.ctx.parallel
         for row in parallel.shard(sample):  # each rank its share of the sample, then summed
             self.model.zero_grad(set_to_none=True)
-            self.ctx.batch_loss([row], sum_over_tokens=True).backward()  # -log p(y|x) of the answer
+            self.batch_loss([row], sum_over_tokens=True).backward()  # -log p(y|x) of the answer
             for n, p in self.params.items():
                 if p.grad is not None:
                     fisher[n] += p.grad.detach() ** 2

@@ -25,19 +25,17 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from strcvit_bench.adapters import inject
+from strcvit_bench.adapters.context import BatchContext
 from strcvit_bench.adapters.experts import ExpertLoRA
+from strcvit_bench.adapters.routing import masked_mean, one_hot_argmax
 from strcvit_bench.methods.base import Rows
 from strcvit_bench.methods.experts import ExpertMethod, ExpertOptions
 
 
-def hard_argmax(logits: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(logits).scatter(-1, logits.argmax(-1, keepdim=True), 1.0)
-
-
 class SMoLoRALinear(ExpertLoRA):
     def __init__(self, base: nn.Linear, experts: int, rank_per_expert: int, alpha: float, dropout: float,
-                 if_dim: int):
-        super().__init__(base, experts, rank_per_expert, alpha, dropout, init_std=0.01)
+                 if_dim: int, context: BatchContext | None = None):
+        super().__init__(base, experts, rank_per_expert, alpha, dropout, init_std=0.01, context=context)
         half = experts // 2
         like = {"dtype": base.weight.dtype, "device": base.weight.device}
         self.router_vu = nn.Parameter(torch.empty(half, base.in_features, **like))
@@ -46,26 +44,15 @@ class SMoLoRALinear(ExpertLoRA):
         self.lora_fc_B = nn.Parameter(torch.empty(1, base.out_features, **like))
         for p in (self.router_vu, self.router_if, self.lora_fc_A, self.lora_fc_B):
             nn.init.kaiming_uniform_(p, a=math.sqrt(5))
-        self.if_embedding: torch.Tensor | None = None
-        self.token_mask: torch.Tensor | None = None
-        self._vu_choice: torch.Tensor | None = None
 
     def vu_choice(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1 and self._vu_choice is not None and self._vu_choice.shape[0] == x.shape[0]:
-            return self._vu_choice  # a decoding step: keep the prompt's routing
-        mask = self.token_mask
-        if mask is not None and mask.shape == x.shape[:2]:
-            m = mask.unsqueeze(-1).to(x.dtype)
-            pooled = (x * m).sum(1) / m.sum(1).clamp_min(1.0)
-        else:
-            pooled = x.mean(1)
-        self._vu_choice = hard_argmax(pooled @ self.router_vu.t())
-        return self._vu_choice
+        """The VU expert from the mean of the prompt's real tokens (kept for the decoding steps)."""
+        return self.context.on_prompt(
+            self, x, lambda: one_hot_argmax(masked_mean(x, self.context.mask_for(x)) @ self.router_vu.t()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        assert self.if_embedding is not None, "SMoLoRA needs before_forward to set the instruction embedding"
         vu = self.vu_choice(x)                                        # (B, half) one-hot
-        ins = hard_argmax(self.if_embedding.to(x.dtype) @ self.router_if.t())  # (B, half) one-hot
+        ins = one_hot_argmax(self.context["if_embedding"].to(x.dtype) @ self.router_if.t())  # (B, half) one-hot
         zeros = torch.zeros_like(vu)
         h = self.dropout(x) @ self.lora_A.t()
         h = h.unflatten(-1, (self.experts, self.rank_per_expert))
@@ -78,8 +65,7 @@ class SMoLoRALinear(ExpertLoRA):
         if self.recording:
             vu_w, if_w = torch.cat([vu, zeros], -1)[:, None], torch.cat([zeros, ins], -1)[:, None]
             eff = mix[..., :1] * vu_w + mix[..., 1:] * if_w
-            mask = self.token_mask if self.token_mask is not None and self.token_mask.shape == x.shape[:2] else None
-            self.record_tokens(eff, mask)
+            self.record_tokens(eff, self.context.mask_for(x))
             if x.shape[1] > 1:
                 self.record_selection(torch.cat([vu, ins], -1))
         return self.base(x) + mix[..., :1] * vu_out + mix[..., 1:] * if_out
@@ -113,18 +99,15 @@ class SMoLoRA(ExpertMethod):
             self.encoder = None
             if_dim = self.ctx.bundle.input_embeddings().weight.shape[1]
         inject(self.model, self.ctx.bundle.target_modules,
-               lambda name, layer: SMoLoRALinear(layer, o.experts, o.per_expert, o.alpha, o.dropout, if_dim))
+               lambda name, layer: SMoLoRALinear(layer, o.experts, o.per_expert, o.alpha, o.dropout, if_dim,
+                                                 self.batch_context))
 
     def before_forward(self, batch: dict[str, torch.Tensor], rows: Rows) -> None:
         if self.encoder is not None:
             emb = self.encoder.encode([r["instruction"] for r in rows])
         else:
             emb = self.instruction_embedding(self.ctx.bundle, batch)
-        device = batch["input_ids"].device
-        for layer in self.expert_layers():
-            layer.if_embedding = emb.to(device)
-            layer.token_mask = batch.get("attention_mask")
-            layer._vu_choice = None
+        self.batch_context.begin(batch.get("attention_mask"), if_embedding=emb.to(batch["input_ids"].device))
 
     def info(self) -> dict[str, Any]:
         return {"if_encoder": self.options.if_encoder}

@@ -10,7 +10,6 @@ both give the same answers (batching must not change predictions).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -25,7 +24,6 @@ from strcvit_bench.methods.registry import get_method, parse_options  # noqa: E4
 from strcvit_bench.models.tiny import load_tiny  # noqa: E402
 from strcvit_bench.streams.stream import open_stream  # noqa: E402
 from strcvit_bench.training.setup import stream_texts  # noqa: E402
-from strcvit_bench.training.trainer import batch_loss  # noqa: E402
 
 
 def main() -> None:
@@ -37,10 +35,9 @@ def main() -> None:
     stream = open_stream(args.stream)
     bundle = load_tiny(stream_texts(stream))
     ctx = MethodContext(bundle=bundle, seed=0, num_chunks=stream.num_chunks, chunk_size=1, task_ids_visible=False,
-                        lookup_rows=lambda ids: [], batch_loss=lambda *a, **k: None)
+                        lookup_rows=lambda ids: [])
     cls = get_method("lora")
     method = cls(parse_options(cls, {}), ctx)
-    ctx.batch_loss = functools.partial(batch_loss, bundle, method)
     method.setup()
     rows = [r for t in stream.task_names for r in stream.read_test(t).to_pylist()[: args.limit]]
     results = {}

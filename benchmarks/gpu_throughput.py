@@ -123,7 +123,7 @@ def measure(arch: str, method_name: str, B: int, steps: int, new_tokens: int, de
     bundle = ModelBundle(model=model, encoder=None, name=arch, family=family)  # type: ignore[arg-type]
     cls = get_method(method_name)
     ctx = MethodContext(bundle=bundle, seed=0, num_chunks=1, chunk_size=B * steps, task_ids_visible=False,
-                        lookup_rows=lambda ids: [], batch_loss=lambda *a, **k: None)
+                        lookup_rows=lambda ids: [])
     method = cls(parse_options(cls, {}), ctx)
     params = method.setup()
     opt = torch.optim.AdamW([p for p in params.values() if p.requires_grad], lr=1e-5)

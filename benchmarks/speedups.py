@@ -42,8 +42,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from baselines.branchlora import BranchLoRALinear  # noqa: E402
 from strcvit_bench.adapters.lora import LoRALinear  # noqa: E402
+from strcvit_bench.baselines.branchlora import BranchLoRALinear  # noqa: E402
 from strcvit_bench.streams.stream import open_stream  # noqa: E402
 from strcvit_bench.strlora import routing  # noqa: E402
 from strcvit_bench.strlora.layer import StrLoRALinear  # noqa: E402
@@ -97,8 +97,7 @@ def strlora_query_first_forward(self, x):
     """StrLoRA's layer before the change: project every token to the D-wide query W_q x, then
     multiply by the key and the prototypes; the EMA teacher projected every token again."""
     gates, hard, mask = self.select()
-    self.last_selection = mask
-    t = self.t.to(x.dtype)
+    t = self.instruction().to(x.dtype)
     mask3 = mask.unsqueeze(1)
     q = x @ self.router_Wq.t()
     p = routing.masked_softmax(_logits_from_query(q, t, self.router_Wk, self.router_P), mask3, self.tau)
@@ -106,8 +105,8 @@ def strlora_query_first_forward(self, x):
     safe = torch.where(mask, hard, torch.ones_like(hard))
     factor = torch.where(mask, gates / safe, torch.zeros_like(gates))
     weights = choice * factor.unsqueeze(1)
-    token_mask = self.token_mask if self.token_mask is not None and self.token_mask.shape == x.shape[:2] else None
-    self.kl = None
+    token_mask = self.context.mask_for(x)
+    self._aux = None
     if self.stability_active and self.training:
         xd = x.detach()
         with torch.no_grad():
@@ -116,7 +115,7 @@ def strlora_query_first_forward(self, x):
                                      self.router_Wk, self.router_P)
         kl = routing.stability_kl(teacher, student, mask3.detach(), self.tau)
         m = token_mask.to(kl.dtype)
-        self.kl = (kl * m).sum() / m.sum().clamp_min(1.0)
+        self._aux = (kl * m).sum() / m.sum().clamp_min(1.0)
     return self.base(x) + self.expert_delta(x, weights.to(x.dtype))
 
 
@@ -167,7 +166,7 @@ def train_once(stream, store, method: str, chunk: int, owner, attr: str, value) 
             losses = []
             for previous in (True, False):
                 with patched(owner, attr, value if previous else None):
-                    losses.append(float(m.ctx.batch_loss(rows)))
+                    losses.append(float(m.batch_loss(rows)))
         out["forward_loss_diff"] = abs(losses[0] - losses[1])
     return out
 

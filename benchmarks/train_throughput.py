@@ -21,7 +21,6 @@ Needs a built demo stream (default runs/demo/stream; `strcvit demo` or
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import resource
 import statistics
@@ -42,7 +41,7 @@ from strcvit_bench.streams.stream import open_stream  # noqa: E402
 from strcvit_bench.training.config import RunConfig  # noqa: E402
 from strcvit_bench.training.rows import RowStore  # noqa: E402
 from strcvit_bench.training.setup import stream_texts  # noqa: E402
-from strcvit_bench.training.trainer import batch_loss, train_chunk  # noqa: E402
+from strcvit_bench.training.trainer import train_chunk  # noqa: E402
 
 
 def fresh_bundle(stream):
@@ -54,11 +53,10 @@ def one_method(stream, store: RowStore, name: str, rows, batch_size: int) -> dic
     bundle = fresh_bundle(stream)
     ctx = MethodContext(bundle=bundle, seed=0, num_chunks=stream.num_chunks,
                         chunk_size=int(stream.manifest["chunk_size"]), task_ids_visible=False,
-                        lookup_rows=store.lookup, batch_loss=lambda *a, **k: None)
+                        lookup_rows=store.lookup)
     base_name, _, opts = name.partition(":")  # e.g. strlora:router_dim=16
     cls = get_method(base_name)
     method = cls(parse_options(cls, [o for o in opts.split(";") if o]), ctx)
-    ctx.batch_loss = functools.partial(batch_loss, bundle, method)
     params = method.setup()
     if base_name == "replay":  # a warm buffer, as mid-stream
         for r in store.chunk(0)[: method.reservoir.capacity]:

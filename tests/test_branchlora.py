@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.branchlora import BranchLoRALinear, TaskKeys, alignment_loss, refreeze
-from baselines.moelora import topk_renormalise
+from strcvit_bench.adapters.routing import topk_gates
+from strcvit_bench.baselines.branchlora import BranchLoRALinear, TaskKeys, alignment_loss, refreeze
 
 
 def _layer(branches=3, rank=2, top_k=2, routers=2):
@@ -20,9 +20,15 @@ def _layer(branches=3, rank=2, top_k=2, routers=2):
     return layer
 
 
+def _route(layer, clusters):
+    """A new batch whose samples use the routers `clusters` (as the method sets it)."""
+    layer.context.begin()
+    layer.context.update(clusters=torch.tensor(clusters).unique(return_inverse=True))
+
+
 def test_zero_branches_are_the_frozen_layer_and_the_trunk_is_shared():
     layer = _layer()
-    layer.cluster = torch.tensor([0, 1])
+    _route(layer, [0, 1])
     x = torch.randn(2, 4, 6)
     assert torch.equal(layer(x), layer.base(x))
     assert layer.lora_A.shape == (2, 6) and [layer.branch(i).shape for i in range(3)] == [(5, 2)] * 3
@@ -33,20 +39,19 @@ def test_forward_is_the_formula_with_each_samples_own_router():
     layer = _layer()
     for i in range(3):
         nn.init.normal_(layer.branch(i))
-    layer.cluster = torch.tensor([0, 1])
+    _route(layer, [0, 1])
     x = torch.randn(2, 4, 6)
     out = layer(x)
     scale = 4.0 / 2
     for b in range(2):
-        logits = layer.router(int(layer.cluster[b])) @ x[b].mean(0)
-        g = topk_renormalise(torch.softmax(logits, -1), 2)
+        logits = layer.router([0, 1][b]) @ x[b].mean(0)
+        g = topk_gates(torch.softmax(logits, -1), 2)
         assert (g > 0).sum() == 2 and torch.isclose(g.sum(), torch.tensor(1.0))
         expected = layer.base(x[b]) + sum(g[i] * (x[b] @ layer.lora_A.t() @ layer.branch(i).t()) * scale
                                           for i in range(3))
         assert torch.allclose(out[b], expected, atol=1e-5)
     # a different router for the same input gives different gates
-    layer.cluster = torch.tensor([1, 0])
-    layer._gates = None
+    _route(layer, [1, 0])
     assert not torch.allclose(layer(x), out)
 
 
@@ -56,7 +61,7 @@ def test_frozen_branches_get_no_gradient_tuned_ones_and_the_trunk_do():
         nn.init.normal_(layer.branch(i))
     layer.branch(0).requires_grad_(False)
     layer.router(1).requires_grad_(False)
-    layer.cluster = torch.tensor([0, 0])
+    _route(layer, [0, 0])
     layer(torch.randn(2, 4, 6)).pow(2).sum().backward()
     assert layer.branch(0).grad is None and layer.router(1).grad is None
     assert layer.branch(1).grad.abs().sum() > 0 and layer.branch(2).grad.abs().sum() > 0
@@ -66,7 +71,7 @@ def test_frozen_branches_get_no_gradient_tuned_ones_and_the_trunk_do():
 def test_gates_of_the_prompt_are_kept_while_decoding():
     layer = _layer()
     nn.init.normal_(layer.branch(0))
-    layer.cluster = torch.tensor([0])
+    _route(layer, [0])
     prompt_gates = layer.gates(torch.randn(1, 5, 6))
     assert torch.equal(layer.gates(torch.randn(1, 1, 6)), prompt_gates)
 
@@ -140,12 +145,12 @@ def _rows(kind: str, n: int, start: int = 0) -> list[dict]:
 
 
 def test_routers_are_added_per_phase_and_test_rows_go_through_the_selector(tiny_bundle):
-    from baselines.branchlora import BranchLoRA, BranchLoRAOptions
+    from strcvit_bench.baselines.branchlora import BranchLoRA, BranchLoRAOptions
     from strcvit_bench.methods.base import MethodContext
     from strcvit_bench.models.base import model_inputs
 
     ctx = MethodContext(bundle=tiny_bundle, seed=0, num_chunks=2, chunk_size=8, task_ids_visible=False,
-                        lookup_rows=lambda ids: [], batch_loss=lambda *a, **k: None)
+                        lookup_rows=lambda ids: [])
     method = BranchLoRA(BranchLoRAOptions(key_threshold=0.6), ctx)
     params = method.setup()
     n0 = len(params)
@@ -166,4 +171,5 @@ def test_routers_are_added_per_phase_and_test_rows_go_through_the_selector(tiny_
         method.before_forward(batch, rows)
         with torch.no_grad():
             tiny_bundle.model(**model_inputs(batch))
-        assert all(layer.cluster.tolist() == [expected] for layer in layers)
+        uniq, inverse = method.batch_context["clusters"]
+        assert uniq[inverse].tolist() == [expected]

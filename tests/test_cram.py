@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from baselines.cram import CRAMLinear, grow_expert, orthogonality_penalty, output_basis, rbf_weights
+from strcvit_bench.baselines.cram import CRAMLinear, grow_expert, orthogonality_penalty, output_basis, rbf_weights
 
 
 def test_rbf_weights_by_hand():
@@ -88,8 +88,7 @@ def test_layer_forward_is_the_routed_sum_of_experts_and_each_rows_block():
     A2, B2 = torch.randn(3, 5), torch.randn(6, 3)
     layer.set_experts([(A1, B1), (A2, B2)])
     w = torch.tensor([[0.3, 0.7], [1.0, 0.0]])
-    layer.weights = w
-    layer.block, layer.block_weight = torch.tensor([1, -1]), torch.tensor([0.7, 1.0])
+    layer.context.begin(weights=w, block=torch.tensor([1, -1]), block_weight=torch.tensor([0.7, 1.0]))
     x = torch.randn(2, 4, 5)
     out = layer(x)
     A_k, sB_k = layer.block_factors(1)
@@ -104,23 +103,23 @@ def test_layer_penalty_acts_on_the_block_only_and_vanishes_for_orthogonal_update
     layer = _layer()
     layer.train()
     layer.set_experts([(torch.randn(1, 5), torch.eye(6)[:, :1]), (torch.zeros(0, 5), torch.zeros(6, 0))])
-    layer.weights = torch.tensor([[0.4, 0.6], [0.1, 0.9]])
-    layer.block, layer.block_weight = torch.tensor([0, 0]), torch.tensor([0.6, 0.9])
-    layer.expert_of_row, layer.gamma = torch.tensor([1, 1]), torch.tensor([0.4, 0.1])
+    layer.context.begin(weights=torch.tensor([[0.4, 0.6], [0.1, 0.9]]), block=torch.tensor([0, 0]),
+                        block_weight=torch.tensor([0.6, 0.9]), owner=torch.tensor([1, 1]),
+                        gamma=torch.tensor([0.4, 0.1]))
     layer.penalty_basis = {1: output_basis(layer.expert_columns({0}))}  # expert 1's group-mate: expert 0
     x = torch.randn(2, 3, 5, requires_grad=True)
     with torch.no_grad():
         layer.lora_B.zero_()
         layer.lora_B[2:4, :2] = torch.randn(2, 2)  # block 0 writes to directions 2, 3 only
     layer(x)
-    assert layer.ortho.item() == pytest.approx(0.0, abs=1e-10)
+    assert layer.aux_loss().item() == pytest.approx(0.0, abs=1e-10)
     with torch.no_grad():
         layer.lora_B[0, :2] = torch.randn(2)
     layer(x)
     A_k, sB_k = layer.block_factors(0)
     z = x.detach().mean(1) @ A_k.t() @ sB_k.t()
-    assert layer.ortho.item() == pytest.approx((torch.tensor([0.4, 0.1]) * z[:, 0] ** 2).mean().item(), rel=1e-5)
-    layer.ortho.backward()
+    assert layer.aux_loss().item() == pytest.approx((torch.tensor([0.4, 0.1]) * z[:, 0] ** 2).mean().item(), rel=1e-5)
+    layer.aux_loss().backward()
     assert x.grad is None and layer.lora_B.grad.abs().sum() > 0 and layer.lora_A.grad.abs().sum() > 0
 
 
@@ -136,13 +135,13 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture
 def method(bundle):
-    from baselines.cram import CRAM, CRAMOptions
+    from strcvit_bench.baselines.cram import CRAM, CRAMOptions
     from strcvit_bench.methods.base import MethodContext
     from strcvit_bench.models.base import ModelBundle
 
     fresh = ModelBundle(model=copy.deepcopy(bundle.model), encoder=bundle.encoder, name="tiny", family="llava")
     ctx = MethodContext(bundle=fresh, seed=0, num_chunks=3, chunk_size=8, task_ids_visible=False,
-                        lookup_rows=lambda ids: [], batch_loss=lambda *a, **k: None)
+                        lookup_rows=lambda ids: [])
     m = CRAM(CRAMOptions(rank=2, alpha=4.0, tau=0.01, min_rows=2), ctx)
     m.setup()
     return m

@@ -8,7 +8,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from baselines.joint import Joint
+from strcvit_bench.baselines.joint import Joint
 from strcvit_bench.cli import app
 from strcvit_bench.methods import registry
 from strcvit_bench.methods.base import Method
@@ -39,9 +39,14 @@ class Spy(Method):
         Spy.seen += [("chunk", r) for r in rows]
 
 
-def test_hooks_never_see_task_source_or_evaluation_answers(tiny_stream, tmp_path, monkeypatch):
-    real = registry.methods
-    monkeypatch.setattr(registry, "methods", lambda: {**real(), "spy": Spy})
+@pytest.fixture
+def spy_registered():
+    registry.METHODS.register("spy", Spy)
+    yield
+    registry.METHODS.unregister("spy")
+
+
+def test_hooks_never_see_task_source_or_evaluation_answers(tiny_stream, tmp_path, spy_registered):
     Spy.seen = []
     r = runner.invoke(app, ["--quiet", "run", "--stream", str(tiny_stream), "--method", "spy", "--out",
                             str(tmp_path / "spy"), *FAST])
@@ -70,7 +75,7 @@ def test_joint_trains_equal_slices_of_one_shuffle_of_the_whole_stream(tiny_strea
     stream = open_stream(tiny_stream)
     store = RowStore(stream, hide_task=True)
     ctx = MethodContext(bundle=None, seed=3, num_chunks=stream.num_chunks, chunk_size=24,  # type: ignore[arg-type]
-                        task_ids_visible=False, lookup_rows=store.lookup, batch_loss=lambda *a: None,
+                        task_ids_visible=False, lookup_rows=store.lookup,
                         chunk_ids=store.chunk_ids)
     joint = Joint.__new__(Joint)
     joint.options, joint.ctx = Joint.Options(), ctx

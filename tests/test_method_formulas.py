@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from baselines.ewc import EWC, EWCOptions, ewc_penalty, online_fisher
-from baselines.replay import Replay, ReplayOptions, Reservoir
 from strcvit_bench.adapters import LoRALinear, inject
+from strcvit_bench.baselines.ewc import EWC, EWCOptions, ewc_penalty, online_fisher
+from strcvit_bench.baselines.replay import Replay, ReplayOptions, Reservoir
 from strcvit_bench.errors import StrcvitError
 from strcvit_bench.methods.base import MethodContext
 from strcvit_bench.methods.registry import get_method, parse_options
@@ -75,10 +75,11 @@ def test_ewc_fisher_is_the_mean_squared_per_sample_gradient():
         return -(y * torch.log(p) + (1 - y) * torch.log(1 - p))
 
     ctx = MethodContext(bundle=None, seed=0, num_chunks=1, chunk_size=2, task_ids_visible=False,  # type: ignore
-                        lookup_rows=lambda ids: [], batch_loss=nll)
+                        lookup_rows=lambda ids: [])
     ewc = EWC.__new__(EWC)
     ewc.options, ewc.ctx, ewc.model = EWCOptions(fisher_samples=2), ctx, model
     ewc.params = {"w": model.w}
+    ewc.batch_loss = nll  # the method's answer NLL, here the logistic model's
     got = ewc.estimate_fisher(0, rows)["w"]
     expected = torch.zeros(2)
     for r in rows:
@@ -111,7 +112,7 @@ def test_replay_batches_mix_buffer_rows_in():
     rows = [{"id": f"r{i}", "instruction": "q", "answer": "a"} for i in range(8)]
     by_id = {r["id"]: r for r in rows}
     ctx = MethodContext(bundle=None, seed=0, num_chunks=1, chunk_size=8, task_ids_visible=False,  # type: ignore
-                        lookup_rows=lambda ids: [by_id[i] for i in ids], batch_loss=lambda *a, **k: None)
+                        lookup_rows=lambda ids: [by_id[i] for i in ids])
     replay = Replay.__new__(Replay)
     replay.options, replay.ctx, replay.reservoir = ReplayOptions(replay_ratio=0.5, buffer_size=3), ctx, Reservoir(3)
     batches = list(replay.batches(0, rows, 4, random.Random(0)))

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from baselines.lora import LoRA
 from strcvit_bench.adapters import LoRALinear
+from strcvit_bench.baselines.lora import LoRA
 from strcvit_bench.cli import app
 from strcvit_bench.methods.base import MethodContext, MethodOptions
 from strcvit_bench.models.base import model_inputs
@@ -69,7 +69,7 @@ def test_hf_family_loads_trains_and_generates(tmp_path, family):
     path = FAMILIES[family](tmp_path / family)
     bundle = load_hf(str(path))
     ctx = MethodContext(bundle=bundle, seed=0, num_chunks=1, chunk_size=2, task_ids_visible=False,
-                        lookup_rows=lambda ids: [], batch_loss=lambda *a, **k: None)
+                        lookup_rows=lambda ids: [])
     method = LoRA(MethodOptions(), ctx)
     params = method.setup()
     wrapped = [n for n, m in bundle.model.named_modules() if isinstance(m, LoRALinear)]
@@ -107,7 +107,7 @@ def test_expert_methods_on_hf_families(tmp_path, family, method):
 
     bundle = load_hf(str(FAMILIES[family](tmp_path / family)))
     ctx = MethodContext(bundle=bundle, seed=0, num_chunks=2, chunk_size=2, task_ids_visible=False,
-                        lookup_rows=lambda ids: [], batch_loss=lambda *a, **k: None)
+                        lookup_rows=lambda ids: [])
     cls = get_method(method)
     m = cls(parse_options(cls, {}), ctx)
     params = m.setup()

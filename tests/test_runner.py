@@ -43,7 +43,7 @@ def _answer_loss(run_dir: Path, chunk: int | None) -> float:
     rows = [{k: v for k, v in r.items() if k != "task"} for r in stream.read_chunk(stream.num_chunks - 1).to_pylist()]
     bundle.model.eval()
     with torch.no_grad():
-        return float(method.ctx.batch_loss(rows))
+        return float(method.batch_loss(rows))
 
 
 def _predictions(run_dir: Path, tag: str) -> dict[str, list[str]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from strcvit_bench.adapters.context import BatchContext, RoutedLayer
 from strcvit_bench.adapters.lora import LoRALinear
 
 
@@ -53,13 +54,14 @@ class RoutingStats:
         self.stat_samples += selected.shape[0]
 
 
-class ExpertLoRA(LoRALinear, RoutingStats):
+class ExpertLoRA(LoRALinear, RoutingStats, RoutedLayer):
     """A LoRA of rank E × rank_per_expert whose rank blocks are the experts (A's init bound
     depends only on the input width, so each block is initialised like a LoRA of its own)."""
 
     def __init__(self, base: nn.Linear, experts: int, rank_per_expert: int, alpha: float, dropout: float,
-                 init_std: float | None = None):
+                 init_std: float | None = None, context: BatchContext | None = None):
         super().__init__(base, experts * rank_per_expert, alpha, dropout, init_std)
+        self.bind(context)
         self.experts = experts
         self.rank_per_expert = rank_per_expert
         self.recording = False

@@ -9,8 +9,7 @@ import torch
 
 from strcvit_bench.evaluation.scoring import get_metric
 from strcvit_bench.methods.base import Rows, evaluation_row
-from strcvit_bench.models.base import ModelBundle, model_inputs
-from strcvit_bench.training.trainer import autocast
+from strcvit_bench.models.base import ModelBundle, autocast, model_inputs
 
 
 @torch.no_grad()

@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from strcvit_bench.adapters import LoRALinear, adapter_layers, inject
-from strcvit_bench.models.base import ModelBundle
+from strcvit_bench.adapters.context import BatchContext, RoutedLayer
+from strcvit_bench.models.base import ModelBundle, answer_tokens, model_inputs
 from strcvit_bench.parallel import Parallel
 
 Rows = list[dict[str, Any]]
@@ -65,7 +66,6 @@ class MethodContext:
     chunk_size: int
     task_ids_visible: bool
     lookup_rows: Callable[[list[str]], Rows]
-    batch_loss: Callable[..., torch.Tensor]  # (rows, sum_over_tokens=False) -> answer NLL
     extra: dict[str, Any] = field(default_factory=dict)
     chunk_ids: Callable[[], list[list[str]]] = list  # every chunk's opaque row ids (the joint bound)
     parallel: Parallel = field(default_factory=lambda: Parallel(distributed=False))
@@ -80,6 +80,7 @@ class Method:
         self.options = options
         self.ctx = ctx
         self.model = ctx.bundle.model
+        self.batch_context = BatchContext()  # handed to the routed layers the method creates
 
     # --- adapting the model -----------------------------------------------------------------
 
@@ -147,7 +148,24 @@ class Method:
         training, evaluation and generation alike. Routing methods set their inputs here."""
 
     def loss(self, task_loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of a batch from its answer loss (methods add their own terms)."""
         return task_loss
+
+    def aux_losses(self) -> list[torch.Tensor]:
+        """The auxiliary terms the routed layers computed in the last forward (KL, penalties)."""
+        if getattr(self, "_routed", None) is None:  # walked once: this runs for every batch
+            self._routed = [m for _, m in self.adapters(RoutedLayer)]
+        return [t for t in (layer.aux_loss() for layer in self._routed) if t is not None]
+
+    def batch_loss(self, rows: Rows, sum_over_tokens: bool = False) -> torch.Tensor:
+        """The answer NLL of `rows` under the current model, routed as this method routes them
+        (token mean; `sum_over_tokens` for the sum, e.g. a per-sample Fisher)."""
+        bundle = self.ctx.bundle
+        device = next(bundle.model.parameters()).device
+        batch = {k: v.to(device) for k, v in bundle.encoder.train_batch(rows).items()}
+        self.before_forward(batch, rows)
+        loss = bundle.model(**model_inputs(batch)).loss
+        return loss * answer_tokens(batch) if sum_over_tokens else loss
 
     def after_step(self) -> None:
         """Called after every optimiser step."""

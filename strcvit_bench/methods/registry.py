@@ -1,4 +1,4 @@
-"""The method registry: a new method is one module plus one line here."""
+"""The method registry: a new method is one module plus one line here (or an entry point)."""
 
 from __future__ import annotations
 
@@ -8,29 +8,42 @@ from pydantic import ValidationError
 
 from strcvit_bench.errors import StrcvitError
 from strcvit_bench.methods.base import Method, MethodOptions
+from strcvit_bench.registry import Registry
+
+METHODS: Registry[type[Method]] = Registry("method", entry_point_group="strcvit_bench.methods",
+                                          hint="`strcvit methods` lists them with their options")
+# name -> "module:class", imported on first use (a label or a listing imports nothing)
+METHODS.register("lora", "strcvit_bench.baselines.lora:LoRA")
+METHODS.register("replay", "strcvit_bench.baselines.replay:Replay")
+METHODS.register("ewc", "strcvit_bench.baselines.ewc:EWC")
+METHODS.register("moelora", "strcvit_bench.baselines.moelora:MoELoRA")
+METHODS.register("smolora", "strcvit_bench.baselines.smolora:SMoLoRA")
+METHODS.register("strlora", "strcvit_bench.strlora.method:StrLoRA")
+METHODS.register("branchlora", "strcvit_bench.baselines.branchlora.method:BranchLoRA")
+METHODS.register("cram", "strcvit_bench.baselines.cram.method:CRAM")
+METHODS.register("joint", "strcvit_bench.baselines.joint:Joint")
 
 
 def methods() -> dict[str, type[Method]]:
-    """Name → method class. Imported lazily: method modules import the API from this package."""
-    from baselines.branchlora import BranchLoRA
-    from baselines.cram import CRAM
-    from baselines.ewc import EWC
-    from baselines.joint import Joint
-    from baselines.lora import LoRA
-    from baselines.moelora import MoELoRA
-    from baselines.replay import Replay
-    from baselines.smolora import SMoLoRA
-    from strcvit_bench.strlora import StrLoRA
-
-    return {m.name: m for m in (LoRA, Replay, EWC, MoELoRA, SMoLoRA, StrLoRA, BranchLoRA, CRAM, Joint)}
+    """Name → method class, every method imported."""
+    return dict(METHODS.items())
 
 
 def get_method(name: str) -> type[Method]:
-    try:
-        return methods()[name]
-    except KeyError:
-        raise StrcvitError(f"unknown method {name!r}; available: {', '.join(methods())} "
-                           f"(`strcvit methods` lists them with their options)") from None
+    cls = METHODS.get(name)
+    if getattr(cls, "name", None) != name:
+        raise StrcvitError(f"method {name!r} is registered as {cls!r}, whose `name` is "
+                           f"{getattr(cls, 'name', None)!r}; the two must agree")
+    return cls
+
+
+def method_label(name: str, options: dict[str, Any]) -> str:
+    """The method name plus its non-default options, so ablations get their own leaderboard row."""
+    defaults = get_method(name).Options().model_dump()
+    diff = {k: v for k, v in options.items() if defaults.get(k, v) != v}
+    if not diff:
+        return name
+    return name + "[" + ",".join(f"{k}={str(v).lower()}" for k, v in sorted(diff.items())) + "]"
 
 
 def _coerce(value: str) -> Any:

@@ -7,6 +7,7 @@ default runs unchanged on Llava, Qwen2-VL or Idefics3.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -63,6 +64,18 @@ def to_pil(image: Any) -> Image.Image:
 
 
 MODEL_INPUT_KEYS_EXCLUDED = ("instruction_ids", "instruction_mask")
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for `precision="bf16"` (CPU and GPU alike); nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens the causal-LM loss averages over (labels shifted by one, -100 ignored)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from strcvit_bench.adapters.context import BatchContext
 from strcvit_bench.adapters.experts import ExpertLoRA
 from strcvit_bench.strlora import routing
 
@@ -27,8 +28,8 @@ class StrLoRALinear(ExpertLoRA):
     def __init__(self, base: nn.Linear, d_model: int, experts: int = 4, rank_per_expert: int = 16,
                  alpha: float = 128.0, dropout: float = 0.05, top_k: int = 2, router_dim: int = 64,
                  init_std: float = 0.01, task_select: bool = True, token_weights: bool = True,
-                 stage1_grad: bool = True, tau: float = 1.0):
-        super().__init__(base, experts, rank_per_expert, alpha, dropout, init_std=init_std)
+                 stage1_grad: bool = True, tau: float = 1.0, context: BatchContext | None = None):
+        super().__init__(base, experts, rank_per_expert, alpha, dropout, init_std=init_std, context=context)
         like = {"dtype": base.weight.dtype, "device": base.weight.device}
         self.router_Wr = nn.Parameter(torch.empty(experts, d_model, **like))
         self.router_Wq = nn.Parameter(torch.empty(router_dim, base.in_features, **like))
@@ -45,16 +46,15 @@ class StrLoRALinear(ExpertLoRA):
             raise ValueError(f"top_k must be in 1..{experts}, got {top_k}")
         self.top_k = top_k
         self.task_select, self.token_weights, self.stage1_grad, self.tau = task_select, token_weights, stage1_grad, tau
-        self.t: torch.Tensor | None = None            # (B, d_model) instruction representation
-        self.token_mask: torch.Tensor | None = None   # (B, L) real tokens, for the KL mean and stats
-        self.stability_active = False
-        self.kl: torch.Tensor | None = None
-        self.last_selection: torch.Tensor | None = None
+        self.stability_active = False  # set per chunk: the KL is on from chunk 1
+
+    def instruction(self) -> torch.Tensor:
+        """(B, d_model): the batch's instruction representation t, set by the method."""
+        return self.context["instruction"]
 
     def select(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stage 1: (gates, hard gates, mask) per sample."""
-        assert self.t is not None, "StrLoRA needs before_forward to set the instruction representation"
-        t = self.t.to(self.router_Wr.dtype)
+        t = self.instruction().to(self.router_Wr.dtype)
         if not self.task_select:  # ablation: every expert is a candidate
             mask = torch.ones(t.shape[0], self.experts, dtype=torch.bool, device=t.device)
             uniform = torch.full(mask.shape, 1.0 / self.experts, device=t.device)
@@ -63,10 +63,9 @@ class StrLoRALinear(ExpertLoRA):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gates, hard, mask = self.select()
-        self.last_selection = mask
-        t = self.t.to(x.dtype)  # type: ignore[union-attr]
+        t = self.instruction().to(x.dtype)
         mask3 = mask.unsqueeze(1)                                                  # (B, 1, E)
-        self.kl = None
+        self._aux = None
         if self.token_weights:
             router_map = routing.stage2_map(t, self.router_Wq, self.router_Wk, self.router_P)  # (B, d_in, E)
             teacher_map = None
@@ -74,10 +73,10 @@ class StrLoRALinear(ExpertLoRA):
                 with torch.no_grad():
                     teacher_map = routing.stage2_map(t, self.ema_Wq, self.ema_Wk, self.ema_P)
             # each token's expert (straight-through top-1) and the routing-stability KL in one pass
-            choice, kl = routing.TokenRouting.apply(x, router_map, teacher_map, mask3, self._token_mask(x),
+            choice, kl = routing.TokenRouting.apply(x, router_map, teacher_map, mask3, self.context.mask_for(x),
                                                     self.tau)                      # (B, L, E), ()
             if teacher_map is not None:
-                self.kl = kl
+                self._aux = kl  # the routing-stability KL
         else:  # ablation: the stage-1 gates weight every token of the sample
             choice = gates.unsqueeze(1).expand(x.shape[0], x.shape[1], self.experts)
         weights = choice
@@ -86,15 +85,10 @@ class StrLoRALinear(ExpertLoRA):
             factor = torch.where(mask, gates / safe, torch.zeros_like(gates))     # == 1 on the subset
             weights = choice * factor.unsqueeze(1)
         if self.recording:
-            self.record_tokens(weights.detach(), self._token_mask(x))
+            self.record_tokens(weights.detach(), self.context.mask_for(x))
             if x.shape[1] > 1:
                 self.record_selection(mask.float())
         return self.base(x) + self.expert_delta(x, weights.to(x.dtype))
-
-    def _token_mask(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The batch's real tokens, while x is the whole prompt (not a decoding step)."""
-        m = self.token_mask
-        return m if m is not None and m.shape == x.shape[:2] else None
 
     @torch.no_grad()
     def copy_router_to_teacher(self) -> None:

@@ -82,7 +82,7 @@ class StrLoRA(ExpertMethod):
         inject(self.model, self.ctx.bundle.target_modules,
                lambda name, layer: StrLoRALinear(
                    layer, d_model, o.experts, o.per_expert, o.alpha, o.dropout, o.top_k, self.router_dim, o.init_std,
-                   o.task_select, o.token_weights, o.stage1_grad, o.tau))
+                   o.task_select, o.token_weights, o.stage1_grad, o.tau, self.batch_context))
 
     def layers(self) -> list[StrLoRALinear]:
         if getattr(self, "_layers", None) is None:  # walked once: this runs for every batch and step
@@ -107,13 +107,10 @@ class StrLoRA(ExpertMethod):
 
     def before_forward(self, batch: dict[str, torch.Tensor], rows: Rows) -> None:
         t = self.instruction_embedding(self.ctx.bundle, batch, masked=self.options.pooling == "masked")
-        mask = batch.get("attention_mask")
-        for layer in self.layers():
-            layer.t = t
-            layer.token_mask = mask
+        self.batch_context.begin(batch.get("attention_mask"), instruction=t)
 
     def loss(self, task_loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        kls = [layer.kl for layer in self.layers() if layer.kl is not None]
+        kls = self.aux_losses()
         if not kls:
             return task_loss
         kl = torch.stack(kls).mean()

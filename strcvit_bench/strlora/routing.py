@@ -7,18 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from strcvit_bench.adapters.routing import one_hot_argmax, straight_through, topk_renormalised
 
-def topk_renormalised(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest probabilities of each row rescaled to sum to 1, and the boolean mask of them."""
-    values, idx = probs.topk(k, dim=-1)
-    mask = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, idx, True)
-    kept = torch.zeros_like(probs).scatter(-1, idx, values)
-    return kept / kept.sum(-1, keepdim=True), mask
-
-
-def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
-    """Forward value `hard`, gradient of `soft` (none through `hard` itself)."""
-    return hard.detach() + soft - soft.detach()
+__all__ = ["TokenRouting", "ema_update", "masked_softmax", "stability_kl", "stage1", "stage2_logits", "stage2_map",
+           "straight_through", "top1_straight_through", "topk_renormalised"]
 
 
 def stage1(t: torch.Tensor, W_r: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -64,8 +56,7 @@ def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, tau: float = 1.0) -
 
 def top1_straight_through(p: torch.Tensor) -> torch.Tensor:
     """Forward one-hot of the argmax, backward the gradient of p."""
-    hard = torch.zeros_like(p).scatter(-1, p.argmax(-1, keepdim=True), 1.0)
-    return straight_through(hard, p)
+    return straight_through(one_hot_argmax(p), p)
 
 
 def stability_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor,

@@ -3,7 +3,6 @@ that reloads a run's checkpoint (the lm-eval model), so both build exactly the s
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from strcvit_bench.seeding import derive_seed
 from strcvit_bench.streams.stream import Stream
 from strcvit_bench.training import checkpoint
 from strcvit_bench.training.config import RunConfig
-from strcvit_bench.training.trainer import batch_loss
 
 
 def stream_texts(stream: Stream) -> list[str]:
@@ -79,10 +77,9 @@ def build(cfg: RunConfig, stream: Stream, lookup_rows: Callable[[list[str]], lis
     ctx = MethodContext(
         bundle=bundle, seed=cfg.seed, num_chunks=stream.num_chunks, chunk_size=int(stream.manifest["chunk_size"]),
         task_ids_visible=bool(stream.manifest.get("task_ids_visible", False)), lookup_rows=lookup_rows,
-        batch_loss=lambda *a, **k: None, parallel=parallel, chunk_ids=chunk_ids,
+        parallel=parallel, chunk_ids=chunk_ids,
     )
     method = cls(parse_options(cls, cfg.method_options), ctx)
-    ctx.batch_loss = functools.partial(batch_loss, bundle, method)
     # adapters draw their initial weights from a seed of their own: the global generator's state
     # here depends on whether the tiny base was just pre-trained or read from the cache
     torch.manual_seed(derive_seed(cfg.seed, "adapters"))

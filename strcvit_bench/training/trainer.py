@@ -22,33 +22,10 @@ import torch
 
 from strcvit_bench.errors import StrcvitError
 from strcvit_bench.methods.base import Method, Rows
-from strcvit_bench.models.base import ModelBundle, model_inputs
+from strcvit_bench.models.base import ModelBundle, answer_tokens, autocast, model_inputs
 from strcvit_bench.parallel import Parallel
 from strcvit_bench.seeding import derive_rng, derive_seed
 from strcvit_bench.training.config import RunConfig
-
-
-def autocast(precision: str, device: torch.device):
-    """bf16 autocast for `precision="bf16"` (CPU and GPU alike); nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Tokens the causal-LM loss averages over (labels shifted by one, -100 ignored)."""
-    return int((batch["labels"][:, 1:] != -100).sum())
-
-
-def batch_loss(bundle: ModelBundle, method: Method, rows: Rows, sum_over_tokens: bool = False) -> torch.Tensor:
-    batch = bundle.encoder.train_batch(rows)
-    device = next(bundle.model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    method.before_forward(batch, rows)
-    loss = bundle.model(**model_inputs(batch)).loss
-    if sum_over_tokens:
-        loss = loss * answer_tokens(batch)
-    return loss
 
 
 def split(rows: Rows, parts: int) -> list[Rows]:

@@ -49,155 +49,14 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
-from strcvit_bench.adapters import LoRALinear, inject
-from strcvit_bench.adapters.experts import RoutingStats
+from strcvit_bench.adapters import inject
+from strcvit_bench.baselines.cram.formulas import grow_expert, output_basis, rbf_weights
+from strcvit_bench.baselines.cram.layer import CRAMLinear
 from strcvit_bench.methods.base import MethodOptions, Rows
 from strcvit_bench.methods.experts import ExpertMethod
-from strcvit_bench.methods.features import ImageTap, SampleViews, image_token_id, masked_mean
+from strcvit_bench.methods.features import ImageTap, SampleViews, image_token_id
 from strcvit_bench.seeding import derive_seed
-
-# --- the pure parts ---------------------------------------------------------------------------------
-
-
-def rbf_weights(image: torch.Tensor, centroids: torch.Tensor, sigma: float) -> torch.Tensor:
-    """softmax over centroids of −‖v̂ − ĉ‖² / 2σ², on unit-normalised vectors; (B, d) × (K, d) → (B, K)."""
-    v, c = F.normalize(image.float(), dim=-1), F.normalize(centroids.float(), dim=-1)
-    d2 = (v.unsqueeze(1) - c.unsqueeze(0)).pow(2).sum(-1)
-    return torch.softmax(-d2 / (2 * sigma ** 2), dim=-1)
-
-
-def output_basis(columns: torch.Tensor, rel_eps: float = 1e-6) -> torch.Tensor | None:
-    """Orthonormal basis (d, q) of the span of `columns` (d, k); None for an empty span."""
-    if columns.numel() == 0:
-        return None
-    U, S, _ = torch.linalg.svd(columns.float(), full_matrices=False)
-    keep = S.gt(rel_eps * S.max().clamp_min(1e-30))
-    return U[:, keep] if bool(keep.any()) else None
-
-
-def orthogonality_penalty(z: torch.Tensor, basis: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """mean_b γ_b ‖Qᵀ z_b‖²: zero when the new update's outputs avoid the old experts' directions."""
-    return (gamma * (z.float() @ basis).pow(2).sum(-1)).mean()
-
-
-def grow_expert(A_e: torch.Tensor, B_e: torch.Tensor, A_new: torch.Tensor, B_new: torch.Tensor,
-                basis: torch.Tensor | None, tau: float, rank_max: int
-                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """An expert's update (B_e A_e, rank R_e) after adding a block's update ΔW = B_new A_new.
-
-    The gap (I − QQᵀ) ΔW is what the existing experts (output basis Q) do not express; the expert
-    grows by its number of singular values above τ · σ_1(ΔW). Its new factors are the top
-    min(R_e + growth, rank_max) singular directions of B_e A_e + ΔW, as A = √S Vᵀ, B = U √S.
-    Works on the factors (QR of the d_out side), never forming a d_out × d_in matrix.
-    """
-    A_new, B_new = A_new.detach().float(), B_new.detach().float()
-    A_e, B_e = A_e.detach().float(), B_e.detach().float()
-    full = torch.linalg.svdvals(torch.linalg.qr(B_new).R @ A_new)
-    top = float(full[0]) if full.numel() else 0.0
-    gap_B = B_new if basis is None else B_new - basis @ (basis.t() @ B_new)
-    gap = torch.linalg.svdvals(torch.linalg.qr(gap_B).R @ A_new)
-    growth = int(gap.gt(tau * top).sum()) if top > 0 else 0
-    rank = min(A_e.shape[0] + growth, rank_max)
-    info = {"grew": float(max(0, rank - A_e.shape[0])),
-            "gap_fraction": float(gap.norm() / full.norm()) if top > 0 else 0.0}
-    Q, R = torch.linalg.qr(torch.cat([B_e, B_new], dim=1))
-    U, S, Vh = torch.linalg.svd(R @ torch.cat([A_e, A_new]), full_matrices=False)
-    root = S[:rank].sqrt()
-    return root[:, None] * Vh[:rank], (Q @ U[:, :rank]) * root[None, :], info
-
-
-# --- the layer ---------------------------------------------------------------------------------------
-
-
-class CRAMLinear(LoRALinear, RoutingStats):
-    """Frozen experts of per-layer adaptive rank plus trainable buffer blocks.
-
-    Experts are stacked along the rank axis (`expert_A` (R, d_in), `expert_B` (d_out, R),
-    `expert_of` (R,) naming each row's expert), so all of them cost two matmuls. The buffer is
-    `lora_A`/`lora_B` split into `blocks` blocks of rank `rank`, scale α/rank; each training row
-    uses its expert's block. Per sample: `weights` (B, E) routing over experts, `block` (B,)
-    (−1: none) and `block_weight` (B,), the weight of the expert the block extends.
-    """
-
-    def __init__(self, base: nn.Linear, rank: int, blocks: int, alpha: float, dropout: float):
-        super().__init__(base, rank * blocks, alpha, dropout)
-        self.scale = alpha / rank
-        self.rank, self.blocks = rank, blocks
-        like = {"dtype": base.weight.dtype, "device": base.weight.device}
-        self.register_buffer("expert_A", torch.zeros(0, base.in_features, **like), persistent=False)
-        self.register_buffer("expert_B", torch.zeros(base.out_features, 0, **like), persistent=False)
-        self.register_buffer("expert_of", torch.zeros(0, dtype=torch.long, device=like["device"]), persistent=False)
-        self.experts = 0
-        self.weights: torch.Tensor | None = None
-        self.block: torch.Tensor | None = None
-        self.block_weight: torch.Tensor | None = None
-        self.token_mask: torch.Tensor | None = None
-        self.penalty_mask: torch.Tensor | None = None      # (B, L) tokens the penalty averages
-        self.penalty_basis: dict[int, torch.Tensor] = {}    # expert -> its group's other experts' basis
-        self.expert_of_row: torch.Tensor | None = None      # (B,) the expert each training row extends
-        self.gamma: torch.Tensor | None = None
-        self.ortho: torch.Tensor | None = None
-        self.recording = False
-        self.reset_stats()
-
-    # --- the stored experts ---------------------------------------------------------------
-
-    def factors(self, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.expert_of == expert
-        return self.expert_A[rows], self.expert_B[:, rows]
-
-    def set_experts(self, factors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Replace all experts by `factors` [(A_e, B_e)], expert ids = list positions."""
-        like = {"dtype": self.lora_A.dtype, "device": self.lora_A.device}
-        self.expert_A = torch.cat([A.to(**like) for A, _ in factors]) if factors else self.expert_A[:0]
-        self.expert_B = torch.cat([B.to(**like) for _, B in factors], 1) if factors else self.expert_B[:, :0]
-        self.expert_of = torch.cat([torch.full((A.shape[0],), e, dtype=torch.long) for e, (A, _) in
-                                    enumerate(factors)]).to(like["device"]) if factors else self.expert_of[:0]
-        self.experts = len(factors)
-        self.reset_stats()
-
-    def block_factors(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        r = self.rank
-        return self.lora_A[k * r:(k + 1) * r], self.scale * self.lora_B[:, k * r:(k + 1) * r]
-
-    def expert_columns(self, experts: set[int]) -> torch.Tensor:
-        keep = torch.tensor([e in experts for e in self.expert_of.tolist()], dtype=torch.bool)
-        return self.expert_B[:, keep.to(self.expert_B.device)]
-
-    # --- forward --------------------------------------------------------------------------
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
-        xd = self.dropout(x)
-        w = self.weights
-        if self.expert_A.shape[0] and w is not None and w.shape[0] == x.shape[0]:
-            h = (xd @ self.expert_A.t()) * w[:, self.expert_of].to(x.dtype)[:, None, :]
-            out = out + h @ self.expert_B.t()
-        self.ortho = None
-        if self.block is not None and self.block.shape[0] == x.shape[0]:
-            k = self.block.clamp_min(0)
-            A = self.lora_A.view(self.blocks, self.rank, -1)[k]                              # (B, r, d_in)
-            B = self.lora_B.view(-1, self.blocks, self.rank).permute(1, 0, 2)[k]            # (B, d_out, r)
-            bw = (self.block_weight * (self.block >= 0)).to(x.dtype) * self.scale
-            out = out + torch.bmm(torch.bmm(xd, A.transpose(1, 2)), B.transpose(1, 2)) * bw[:, None, None]
-            if self.training and self.penalty_basis and self.gamma is not None:
-                xbar = masked_mean(x.detach(), self.penalty_mask)[:, None, :]
-                z = torch.bmm(torch.bmm(xbar, A.transpose(1, 2)), B.transpose(1, 2))[:, 0] * self.scale
-                total = z.new_zeros(())
-                for e, basis in self.penalty_basis.items():
-                    idx = ((self.expert_of_row == e) & (self.block >= 0)).nonzero().flatten()
-                    if idx.numel():
-                        total = total + orthogonality_penalty(z[idx], basis.to(z.device), self.gamma[idx]) * idx.numel()
-                self.ortho = total / x.shape[0]
-        if self.recording and self.experts and w is not None and w.shape[0] == x.shape[0]:
-            mask = self.token_mask if self.token_mask is not None and self.token_mask.shape == x.shape[:2] else None
-            self.record_tokens(w[:, None, :].expand(x.shape[0], x.shape[1], self.experts), mask)
-        return out
-
-
-# --- the method --------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -236,7 +95,7 @@ class CRAM(ExpertMethod):
     def attach(self) -> None:
         o = self.options
         inject(self.model, self.ctx.bundle.target_modules,
-               lambda name, layer: CRAMLinear(layer, o.rank, o.max_active, o.alpha, o.dropout))
+               lambda name, layer: CRAMLinear(layer, o.rank, o.max_active, o.alpha, o.dropout, self.batch_context))
         self.views = SampleViews(self.ctx.bundle, o.text_encoder)
         self.image_token = image_token_id(self.model)
         self.group_sum: torch.Tensor | None = None   # (G, d_text) prototype sums of unit text views
@@ -333,8 +192,7 @@ class CRAM(ExpertMethod):
         mask = batch["attention_mask"].bool()
         image_mask = batch["input_ids"] == self.image_token if self.image_token is not None else mask
         penalty_mask = torch.where(image_mask.any(1, keepdim=True), image_mask, mask)
-        for layer in self.layers():
-            layer.token_mask, layer.penalty_mask = mask, penalty_mask
+        self.batch_context.begin(mask, penalty_mask=penalty_mask)
         if ids and all(i in self.rows_of for i in ids):  # this chunk's rows: their pseudo-task
             groups = torch.tensor([self.rows_of[i][0] for i in ids])
             owners: torch.Tensor | None = torch.tensor([self.rows_of[i][1] for i in ids])
@@ -358,17 +216,15 @@ class CRAM(ExpertMethod):
             own = w[torch.arange(len(owners)), owners.clamp_min(0)] * (owners >= 0)
             block_weight, gamma = own.to(device), (1 - own).to(device)
             block, owner_dev = block.to(device), owners.to(device)
-        w = w.to(device)
-        for layer in self.layers():
-            layer.weights, layer.block, layer.block_weight = w, block, block_weight
-            layer.expert_of_row, layer.gamma = owner_dev, gamma
+        self.batch_context.update(weights=w.to(device), block=block, block_weight=block_weight, owner=owner_dev,
+                                  gamma=gamma)
         if any(layer.recording for layer in self.layers()):
             n = self.group_sum.shape[0] if self.group_sum is not None else 1
             counts = torch.bincount(groups, minlength=n).double()
             self.choices = counts if self.choices is None else self.choices + counts
 
     def loss(self, task_loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        terms = [layer.ortho for layer in self.layers() if layer.ortho is not None]
+        terms = self.aux_losses()
         if not terms or self.options.ortho_weight == 0:
             return task_loss
         return task_loss + self.options.ortho_weight * torch.stack(terms).mean()
@@ -398,8 +254,8 @@ class CRAM(ExpertMethod):
                 bound = (6 / ((1 + 5) * layer.in_features)) ** 0.5  # kaiming_uniform_(a=√5), as LoRALinear
                 layer.lora_A.copy_(torch.empty(layer.lora_A.shape).uniform_(-bound, bound, generator=gen))
                 layer.lora_B.zero_()
-            layer.weights = layer.block = layer.block_weight = layer.gamma = layer.expert_of_row = None
             layer.penalty_basis = {}
+        self.batch_context.begin()  # the buffer blocks of this chunk are gone
         new_id = {old: new for new, old in enumerate(keep)}
         self.history.append({
             "chunk": index,

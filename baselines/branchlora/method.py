@@ -39,158 +39,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
-from torch import nn
 
-from baselines.moelora import topk_renormalise
-from strcvit_bench.adapters import LoRALinear, inject
-from strcvit_bench.adapters.experts import RoutingStats
+from strcvit_bench.adapters import inject
+from strcvit_bench.baselines.branchlora.keys import TaskKeys, refreeze
+from strcvit_bench.baselines.branchlora.layer import BranchLoRALinear
 from strcvit_bench.methods.base import MethodOptions, Rows
 from strcvit_bench.methods.experts import ExpertMethod
-from strcvit_bench.methods.features import ImageTap, SampleViews, masked_mean
-
-# --- the pure parts: task keys, the selector, the freezing rule -----------------------------------
-
-
-def alignment_loss(key: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-    """The paper's L_align for one key and its members' views: Σ_i (1 − cos(e_i, k))."""
-    return (1 - F.cosine_similarity(members, key.unsqueeze(0), dim=-1)).sum()
-
-
-class TaskKeys:
-    """Text and image keys per cluster; key = normalised mean of the members' normalised views."""
-
-    def __init__(self) -> None:
-        self.text_sum: torch.Tensor | None = None   # (C, d_text)
-        self.image_sum: torch.Tensor | None = None  # (C, d_image)
-        self.counts: list[int] = []
-
-    def __len__(self) -> int:
-        return len(self.counts)
-
-    def similarity(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """(B, C): mean of the text and image cosines to every cluster's keys."""
-        assert self.text_sum is not None and self.image_sum is not None
-        t = F.normalize(text.float(), dim=-1) @ F.normalize(self.text_sum, dim=-1).t().to(text.device)
-        v = F.normalize(image.float(), dim=-1) @ F.normalize(self.image_sum, dim=-1).t().to(image.device)
-        return (t + v) / 2
-
-    def select(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """The task selector: each sample's most similar cluster."""
-        return self.similarity(text, image).argmax(-1)
-
-    def add(self, c: int, text: torch.Tensor, image: torch.Tensor) -> None:
-        t, v = F.normalize(text.float(), dim=-1), F.normalize(image.float(), dim=-1)
-        if c == len(self.counts):
-            self.text_sum = t[None] if self.text_sum is None else torch.cat([self.text_sum, t[None]])
-            self.image_sum = v[None] if self.image_sum is None else torch.cat([self.image_sum, v[None]])
-            self.counts.append(1)
-            return
-        self.text_sum[c] += t  # type: ignore[index]
-        self.image_sum[c] += v  # type: ignore[index]
-        self.counts[c] += 1
-
-    def assign(self, text: torch.Tensor, image: torch.Tensor, threshold: float,
-               max_clusters: int) -> tuple[list[int], list[int]]:
-        """Rows in order: join the most similar cluster, or open one below `threshold` (leader
-        clustering; deterministic). Returns each row's cluster and the clusters opened."""
-        assigned, opened = [], []
-        for t, v in zip(text, image, strict=True):
-            if len(self):
-                sims = self.similarity(t[None], v[None])[0]
-                c = int(sims.argmax())
-                if float(sims[c]) < threshold and len(self) < max_clusters:
-                    c = len(self)
-            else:
-                c = 0
-            if c == len(self):
-                opened.append(c)
-            self.add(c, t, v)
-            assigned.append(c)
-        return assigned, opened
-
-
-def refreeze(frozen: list[int], usage: torch.Tensor, k: int, min_tunable: int) -> list[int]:
-    """After a phase: the k most used branches become the newest frozen ones; if fewer than
-    `min_tunable` branches stay tunable, the branch frozen longest ago is thawed first."""
-    top = [int(i) for i in usage.argsort(descending=True, stable=True)[:k]]
-    order = [b for b in frozen if b not in top] + sorted(top, key=lambda b: -float(usage[b]))[::-1]
-    while len(usage) - len(order) < min_tunable and order:
-        order.pop(0)
-    return order
-
-
-# --- the layer ---------------------------------------------------------------------------------------
-
-
-class BranchLoRALinear(LoRALinear, RoutingStats):
-    """Shared trunk `lora_A` (r × d_in), branches `lora_B{i}` (d_out × r), one router per cluster."""
-
-    def __init__(self, base: nn.Linear, branches: int, rank: int, alpha: float, dropout: float, top_k: int):
-        super().__init__(base, rank, alpha, dropout)
-        del self.lora_B  # one B per branch instead
-        like = {"dtype": base.weight.dtype, "device": base.weight.device}
-        for i in range(branches):
-            self.register_parameter(f"lora_B{i}", nn.Parameter(torch.zeros(base.out_features, rank, **like)))
-        self.experts = branches
-        self.top_k = top_k
-        self.routers = 0
-        self.cluster: torch.Tensor | None = None      # (B,) each sample's router
-        self.cluster_index: tuple[torch.Tensor, torch.Tensor] | None = None  # its unique values, inverse
-        self.prompt_mask: torch.Tensor | None = None  # (B, L) the tokens the router reads
-        self._gates: torch.Tensor | None = None
-        self.usage = torch.zeros(branches, device=base.weight.device)
-        self.recording = False
-        self.reset_stats()
-
-    def branch(self, i: int) -> nn.Parameter:
-        return getattr(self, f"lora_B{i}")
-
-    def router(self, c: int) -> nn.Parameter:
-        return getattr(self, f"router_W{c}")
-
-    def add_router(self) -> tuple[str, nn.Parameter]:
-        w = self.lora_A
-        p = nn.Parameter(torch.empty(self.experts, self.in_features, dtype=w.dtype, device=w.device))
-        nn.init.kaiming_uniform_(p, a=5 ** 0.5)  # nn.Linear's default
-        name = f"router_W{self.routers}"
-        self.register_parameter(name, p)
-        self.routers += 1
-        return name, p
-
-    def gates(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N) top-k gates of each sample's own router, read from its prompt tokens; kept
-        for the single-token decoding steps that follow the prompt."""
-        if x.shape[1] == 1 and self._gates is not None and self._gates.shape[0] == x.shape[0]:
-            return self._gates
-        if self.routers == 0 or self.cluster is None:
-            return x.new_zeros(x.shape[0], self.experts)
-        uniq, inverse = self.cluster_index if self.cluster_index is not None else self.cluster.unique(
-            return_inverse=True)
-        W = torch.stack([self.router(int(c)) for c in uniq.tolist()])[inverse]  # (B, N, d_in)
-        logits = torch.einsum("bnd,bd->bn", W, masked_mean(x, self.prompt_mask))
-        self._gates = topk_renormalise(torch.softmax(logits.float(), -1), self.top_k).to(x.dtype)
-        return self._gates
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.gates(x)
-        h = self.dropout(x) @ self.lora_A.t()                                          # (B, L, r)
-        # Σ_i g_i s B_i h as one matmul: weight the rank side per branch, then all branches at
-        # once (a frozen branch gets no gradient through the concatenation)
-        hg = (h.unsqueeze(-2) * (g * self.scale)[:, None, :, None]).flatten(-2)      # (B, L, N·r)
-        out = self.base(x) + hg @ torch.cat([self.branch(i) for i in range(self.experts)], dim=1).t()
-        if self.training:
-            self.usage += g.detach().float().sum(0)
-        if self.recording:
-            mask = self.prompt_mask if self.prompt_mask is not None and self.prompt_mask.shape == x.shape[:2] else None
-            self.record_tokens(g[:, None, :].expand(x.shape[0], x.shape[1], self.experts), mask)
-            if x.shape[1] > 1:
-                self.record_selection((g > 0).to(g.dtype))
-        return out
-
-
-# --- the method --------------------------------------------------------------------------------------
+from strcvit_bench.methods.features import ImageTap, SampleViews
 
 
 class BranchLoRAOptions(MethodOptions):
@@ -223,7 +79,8 @@ class BranchLoRA(ExpertMethod):
     def attach(self) -> None:
         o = self.options
         inject(self.model, self.ctx.bundle.target_modules,
-               lambda name, layer: BranchLoRALinear(layer, o.experts, o.rank, o.alpha, o.dropout, o.top_k))
+               lambda name, layer: BranchLoRALinear(layer, o.experts, o.rank, o.alpha, o.dropout, o.top_k,
+                                                    self.batch_context))
         self.views = SampleViews(self.ctx.bundle, o.text_encoder)
         self.keys = TaskKeys()
         self.assigned: dict[str, int] = {}
@@ -242,9 +99,7 @@ class BranchLoRA(ExpertMethod):
                          for pname, p in [layer.add_router()]})
 
     def _set_clusters(self, clusters: torch.Tensor) -> None:
-        index = clusters.unique(return_inverse=True)  # once per batch, for every layer
-        for _, layer in self.named_layers():
-            layer.cluster, layer.cluster_index = clusters, index
+        self.batch_context.update(clusters=clusters.unique(return_inverse=True))  # once per batch, every layer
         if any(layer.recording for _, layer in self.named_layers()):
             counts = torch.bincount(clusters.cpu(), minlength=len(self.keys)).double()
             self.choices = counts if self.choices is None else self.choices + counts
@@ -268,9 +123,7 @@ class BranchLoRA(ExpertMethod):
         mask = batch["attention_mask"].bool()
         if "labels" in batch:  # route on the prompt only, as at generation time
             mask = mask & (batch["labels"] == -100)
-        for _, layer in self.named_layers():
-            layer.prompt_mask = mask
-            layer._gates = None
+        self.batch_context.begin(mask)  # the router reads the prompt's tokens
         ids = [r.get("id") for r in rows]
         self._pending_text = None
         if ids and all(i in self.assigned for i in ids):  # this chunk's rows: their assigned cluster
