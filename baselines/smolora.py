@@ -30,6 +30,7 @@ from strcvit_bench.adapters.experts import ExpertLoRA
 from strcvit_bench.adapters.routing import masked_mean, one_hot_argmax
 from strcvit_bench.methods.base import Rows
 from strcvit_bench.methods.experts import ExpertMethod, ExpertOptions
+from strcvit_bench.models.views import text_view
 
 
 class SMoLoRALinear(ExpertLoRA):
@@ -106,7 +107,7 @@ class SMoLoRA(ExpertMethod):
         if self.encoder is not None:
             emb = self.encoder.encode([r["instruction"] for r in rows])
         else:
-            emb = self.instruction_embedding(self.ctx.bundle, batch)
+            emb = text_view(self.ctx.bundle, batch)
         self.batch_context.begin(batch.get("attention_mask"), if_embedding=emb.to(batch["input_ids"].device))
 
     def info(self) -> dict[str, Any]:

@@ -17,9 +17,15 @@ from typing import Any
 
 from strcvit_bench.errors import StrcvitError
 
-STREAM_METHODS = ("lora", "replay", "ewc", "moelora", "smolora", "strlora", "branchlora", "cram")
+JOINT = "joint"
 MATCHED = "lora-matched"
-DEMO_METHODS = (*STREAM_METHODS, MATCHED, "joint")
+
+
+def demo_methods() -> tuple[str, ...]:
+    """Every registered method (plugins included), then the two reference rows."""
+    from strcvit_bench.methods.registry import METHODS
+
+    return (*(n for n in METHODS.names() if n != JOINT), MATCHED, JOINT)
 SPEC = Path(__file__).resolve().parent.parent / "stream_specs" / "demo.yaml"
 
 Say = Callable[[str], None]

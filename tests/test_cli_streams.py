@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from strcvit_bench.cli import DEMO_METHODS, app
+from strcvit_bench.cli import app
+from strcvit_bench.demo import demo_methods
 
 from .conftest import write_spec
 from .test_builder import check_invariants
@@ -93,7 +94,7 @@ def test_small_demo_runs_every_method_and_writes_the_leaderboard(tmp_path, monke
     assert result.exit_code == 0, result.output
     check_invariants(out / "stream")
     md = (out / "leaderboard" / "leaderboard.md").read_text()
-    for method in DEMO_METHODS:
+    for method in demo_methods():
         assert json.loads((out / "runs" / f"{method}-s0" / "results.json").read_text())["complete"]
     for method in ("lora", "replay", "ewc", "moelora", "smolora", "strlora", "branchlora", "cram", "joint"):
         assert f"| {method} | 1 |" in md
@@ -108,7 +109,7 @@ def test_small_demo_runs_every_method_and_writes_the_leaderboard(tmp_path, monke
     assert (out / "leaderboard" / "plots" / "demo__tiny__average.png").is_file()
     assert (out / "leaderboard" / "index.html").is_file() and "index.html" in result.output
     again = runner.invoke(app, args)  # finished runs are kept, not redone
-    assert again.exit_code == 0 and again.output.count("already complete") == len(DEMO_METHODS)
+    assert again.exit_code == 0 and again.output.count("already complete") == len(demo_methods())
 
 
 @pytest.mark.slow

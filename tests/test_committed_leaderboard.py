@@ -61,3 +61,17 @@ def test_test_sets_are_large_enough_for_the_claimed_precision():
                 assert (hi - lo) / 2 <= 8.0 + 100 / n, label
             lo, hi = u["metrics_ci95"]["final_average_accuracy"]
             assert (hi - lo) / 2 <= 5.0, label
+
+
+def test_the_committed_tables_are_what_the_code_renders_from_the_committed_runs():
+    """Refactoring the reports must not move a number: the committed leaderboard.md and .csv
+    are re-rendered from the committed run store, byte for byte."""
+    from strcvit_bench.reports.store import load_groups
+    from strcvit_bench.reports.tables import csv_text, markdown
+
+    board = ROOT.parent
+    committed = (board / "leaderboard.md").read_text()
+    command = committed.split("Produced by `", 1)[1].split("`", 1)[0]
+    groups = load_groups(board)
+    assert markdown(groups, command) == committed
+    assert csv_text(groups) == (board / "leaderboard.csv").read_text()

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from strcvit_bench.cli import app
+from strcvit_bench.methods.registry import METHODS
 
 runner = CliRunner()
 FAST = ["--pretrain-samples", "1024", "--lr", "0.02", "--batch-size", "8", "--eval-batch-size", "32",
@@ -51,10 +52,7 @@ def _predictions(run_dir: Path, tag: str) -> dict[str, list[str]]:
             for p in sorted((run_dir / "predictions" / tag).glob("*.jsonl"))}
 
 
-ROUTED = ("moelora", "smolora", "strlora", "branchlora", "cram")
-
-
-@pytest.mark.parametrize("method", ["lora", "replay", "ewc", *ROUTED])
+@pytest.mark.parametrize("method", METHODS.names())  # every registered method
 def test_run_end_to_end(tmp_path, tiny_stream, method):
     out = tmp_path / method
     result = _run(tiny_stream, out, method)
@@ -107,7 +105,9 @@ def test_run_end_to_end(tmp_path, tiny_stream, method):
         assert r["method_info"]["buffer_filled"] > 0
         assert json.loads((out / "checkpoints" / "chunk_002" / "method.json").read_text())["items"]
     routing_file = out / "routing.json"
-    assert routing_file.exists() == (method in ROUTED)
+    from strcvit_bench.methods.experts import ExpertMethod
+
+    assert routing_file.exists() == issubclass(METHODS.get(method), ExpertMethod)  # routed methods report it
     if routing_file.exists():
         routing = json.loads(routing_file.read_text())
         trained = {"chunk_000", "chunk_001", "chunk_002"}
@@ -219,12 +219,13 @@ def test_methods_command_lists_methods_and_options():
 
 def test_strlora_ablation_switches(tmp_path, tiny_stream):
     out = tmp_path / "abl"
-    r = _run(tiny_stream, out, "strlora", "--no-task-select", "--no-stability", "--max-chunks", "1")
+    r = _run(tiny_stream, out, "strlora", "--opt", "task_select=false", "--opt", "stability=false",
+             "--max-chunks", "1")
     assert r.exit_code == 0, r.output
     opts = json.loads((out / "results.json").read_text())["method_options"]
     assert opts["task_select"] is False and opts["stability"] is False and opts["token_weights"] is True
-    bad = _run(tiny_stream, tmp_path / "x", "lora", "--no-task-select")
-    assert bad.exit_code == 2 and "StrLoRA ablations" in bad.output
+    bad = _run(tiny_stream, tmp_path / "x", "lora", "--opt", "task_select=false")
+    assert bad.exit_code == 2 and "task_select: unknown option" in bad.output
 
 
 def test_out_of_memory_is_a_clear_error(tmp_path, tiny_stream, monkeypatch):

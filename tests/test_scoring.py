@@ -2,6 +2,7 @@
 
 import pytest
 
+from strcvit_bench.errors import StrcvitError
 from strcvit_bench.evaluation.scoring import (
     anls,
     exact_match,
@@ -77,5 +78,5 @@ def test_exact_match():
 
 
 def test_unknown_metric_names_the_allowed_ones():
-    with pytest.raises(KeyError, match="anls"):
+    with pytest.raises(StrcvitError, match="anls"):
         get_metric("bleu")

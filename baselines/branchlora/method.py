@@ -13,7 +13,7 @@ What a stream changes, and what we do:
 - A phase is a chunk (the obvious reading). Freezing happens after every chunk.
 - A chunk mixes tasks and task ids are hidden, so a "task" is a cluster of what the deployed
   model sees: each sample's text view (the instruction's MiniLM embedding, `text_encoder`) and
-  image view (the decoder's mean input embedding at image positions; see methods/features.py).
+  image view (the decoder's mean input embedding at image positions; see models/views.py).
   At a chunk's start every row is assigned to the cluster whose keys are most similar
   (mean of the two cosines); a row below `key_threshold` opens a new cluster, and a new cluster
   gets a new router in every layer. The paper's "router per task" is our "router per cluster".
@@ -46,7 +46,7 @@ from strcvit_bench.baselines.branchlora.keys import TaskKeys, refreeze
 from strcvit_bench.baselines.branchlora.layer import BranchLoRALinear
 from strcvit_bench.methods.base import MethodOptions, Rows
 from strcvit_bench.methods.experts import ExpertMethod
-from strcvit_bench.methods.features import ImageTap, SampleViews
+from strcvit_bench.models.views import ImageTap, SampleViews
 
 
 class BranchLoRAOptions(MethodOptions):

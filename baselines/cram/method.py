@@ -23,7 +23,7 @@ What a stream changes, and what we do:
   the nearest centroid (cosine ≥ `reuse_threshold`): a recurring task reuses its expert, as
   the release does for a known task id; otherwise a new expert is opened for it.
 - Image views are the frozen vision tower's features at the projector's input (the release
-  uses a separate frozen CLIP tower; see methods/features.py). Centroids are running means of
+  uses a separate frozen CLIP tower; see models/views.py). Centroids are running means of
   an expert's rows (the release also trains them).
 - Each chunk, every expert with rows trains a buffer block of its own (rank `rank`, at most
   `max_active` blocks), mixed into the routing with its expert's weight. At the chunk's end the
@@ -55,7 +55,7 @@ from strcvit_bench.baselines.cram.formulas import grow_expert, output_basis, rbf
 from strcvit_bench.baselines.cram.layer import CRAMLinear
 from strcvit_bench.methods.base import MethodOptions, Rows
 from strcvit_bench.methods.experts import ExpertMethod
-from strcvit_bench.methods.features import ImageTap, SampleViews, image_token_id
+from strcvit_bench.models.views import ImageTap, SampleViews, image_token_id
 from strcvit_bench.seeding import derive_seed
 
 

@@ -2,7 +2,7 @@
 
 Each metric is a pure function `(prediction, references) -> float in [0, 1]`, so that a
 prediction file can be re-scored offline and the same functions serve the runner, lm-eval
-and the tests. The registry `METRICS` is what stream specs name.
+and the tests. The registry `METRICS` is what stream specs name (`@METRICS.register(name)`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
+
+from strcvit_bench.registry import Registry
+
+MetricFn = Callable[[str, Sequence[str]], float]
+# name -> metric function; a plugin package adds one through the `strcvit_bench.metrics` entry points
+METRICS: Registry[MetricFn] = Registry("metric", entry_point_group="strcvit_bench.metrics")
 
 # --- VQA answer normalisation (the VQAv2/TextVQA evaluation rules) -------------------------
 
@@ -58,6 +64,7 @@ def normalize_vqa_answer(text: str) -> str:
     return " ".join(words)
 
 
+@METRICS.register("vqa_accuracy")
 def vqa_accuracy(prediction: str, references: Sequence[str]) -> float:
     """VQAv2 accuracy: mean over leave-one-out reference subsets of min(1, matches / 3).
 
@@ -97,6 +104,7 @@ def _anls_norm(text: str) -> str:
     return " ".join(text.strip().lower().split())
 
 
+@METRICS.register("anls")
 def anls(prediction: str, references: Sequence[str], threshold: float = 0.5) -> float:
     """Average normalised Levenshtein similarity (max over references; below 0.5 counts 0)."""
     pred = _anls_norm(prediction)
@@ -125,6 +133,7 @@ def _to_float(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+@METRICS.register("relaxed_accuracy")
 def relaxed_accuracy(prediction: str, references: Sequence[str], tolerance: float = 0.05) -> float:
     """Numbers within `tolerance` relative error count as correct; other answers need exact match."""
     pred_num = _to_float(prediction)
@@ -143,24 +152,12 @@ def relaxed_accuracy(prediction: str, references: Sequence[str], tolerance: floa
 
 # --- exact match ----------------------------------------------------------------------------
 
+@METRICS.register("exact_match")
 def exact_match(prediction: str, references: Sequence[str]) -> float:
     """Case-insensitive, whitespace-stripped equality with any reference."""
     pred = prediction.strip().lower()
     return float(any(pred == r.strip().lower() for r in references))
 
 
-MetricFn = Callable[[str, Sequence[str]], float]
-
-METRICS: dict[str, MetricFn] = {
-    "vqa_accuracy": vqa_accuracy,
-    "anls": anls,
-    "relaxed_accuracy": relaxed_accuracy,
-    "exact_match": exact_match,
-}
-
-
 def get_metric(name: str) -> MetricFn:
-    try:
-        return METRICS[name]
-    except KeyError:
-        raise KeyError(f"unknown metric {name!r}; allowed: {', '.join(sorted(METRICS))}") from None
+    return METRICS.get(name)

@@ -25,10 +25,8 @@ from torch import nn
 
 from strcvit_bench.adapters import LoRALinear, adapter_layers, inject
 from strcvit_bench.adapters.context import BatchContext, RoutedLayer
-from strcvit_bench.models.base import ModelBundle, answer_tokens, model_inputs
+from strcvit_bench.models.base import ModelBundle, Rows, answer_tokens, model_inputs
 from strcvit_bench.parallel import Parallel
-
-Rows = list[dict[str, Any]]
 
 EVALUATION_FIELDS = ("id", "image", "instruction")
 

@@ -84,18 +84,3 @@ class ExpertMethod(Method):
             select = sum(layer.stat_select for layer in layers) / samples
             out["selection_frequency"] = [round(float(v), 6) for v in select]
         return out
-
-    @staticmethod
-    def instruction_embedding(bundle, batch: dict[str, torch.Tensor], masked: bool = True) -> torch.Tensor:
-        """Mean of the LLM's input-embedding rows over the instruction's tokens (text only).
-
-        `masked=False` averages the padding rows too, as the StrLoRA authors' training code does.
-        """
-        emb = bundle.input_embeddings()
-        ids, mask = batch["instruction_ids"], batch["instruction_mask"]
-        with torch.no_grad():
-            vectors = emb(ids).float()
-            if masked:
-                m = mask.unsqueeze(-1).to(vectors.dtype)
-                return (vectors * m).sum(1) / m.sum(1).clamp_min(1.0)
-            return vectors.mean(1)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from strcvit_bench.errors import StrcvitError
-from strcvit_bench.methods.base import Method, MethodOptions
 from strcvit_bench.registry import Registry
+
+if TYPE_CHECKING:
+    from strcvit_bench.methods.base import Method, MethodOptions
 
 METHODS: Registry[type[Method]] = Registry("method", entry_point_group="strcvit_bench.methods",
                                           hint="`strcvit methods` lists them with their options")

@@ -15,10 +15,9 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-# Adapters go on the language model's linear layers only (never the vision tower unless asked).
-DEFAULT_TARGET = r".*(language_model|text_model)\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$"
-# Projectors (the vision-to-language bridge) are trained fully and carried between chunks.
-DEFAULT_PROJECTOR = r".*(multi_modal_projector|connector|visual\.merger)\..*"
+from strcvit_bench.models.families import DEFAULT_PROJECTOR, DEFAULT_TARGET, Family, family_of
+
+Rows = list[dict[str, Any]]  # stream rows ({id, image, instruction, answer, ...}) as methods and encoders see them
 
 
 class Encoder(Protocol):
@@ -47,6 +46,9 @@ class ModelBundle:
     projector_modules: str = DEFAULT_PROJECTOR
     max_new_tokens: int = 16
     info: dict[str, Any] = field(default_factory=dict)
+
+    def family_info(self) -> Family:
+        return family_of(self.family)
 
     def input_embeddings(self) -> torch.nn.Embedding:
         return self.model.get_input_embeddings()

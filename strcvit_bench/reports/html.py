@@ -59,11 +59,12 @@ def _img(png: bytes, alt: str) -> str:
 
 def render_html(groups: list[Any], plots: dict[str, dict[str, bytes]], command: str, reference: str = "lora") -> str:
     from strcvit_bench.reports.comparison import COMPARED
-    from strcvit_bench.reports.leaderboard import (
+    from strcvit_bench.reports.rows import (
         HOW_TO_READ,
         METRIC_COLUMNS,
-        _diff_text,
-        comparisons,
+        diff_rows,
+        diff_text,
+        metric_rows,
         section_key,
         sections,
     )
@@ -74,27 +75,22 @@ def render_html(groups: list[Any], plots: dict[str, dict[str, bytes]], command: 
                      f"{fp[:12]}</span>, model <code>{html.escape(model)}</code></h2>")
         head = ["method", "n"] + [label for _, label in METRIC_COLUMNS] + ["trainable params", "train time (s)"]
         rows = []
-        for g in gs:
-            if not g.complete:
-                continue
-            n = len(g.complete)
-            cells = [(g.method, g.method), (str(n), n)]
+        for row in metric_rows(gs):
+            cells = [(row.method, row.method), (str(row.n), row.n)]
             for key, _ in METRIC_COLUMNS:
-                e = g.estimate(key)
+                e = row.estimates[key]
                 cells.append((e.text(), "" if e.mean is None else f"{e.mean:.6f}"))
-            params = g.complete[0].get("trainable_params") or 0
-            train = sum(r["timings"]["train_seconds"] for r in g.complete) / n
-            cells += [(f"{params:,}", params), (f"{train:.0f}", f"{train:.3f}")]
+            params = row.params or 0
+            cells += [(f"{params:,}", params), (f"{row.train_seconds:.0f}", f"{row.train_seconds:.3f}")]
             rows.append(cells)
         parts.append(_table(head, rows))
-        diffs = comparisons(gs, reference)
+        diffs = diff_rows(gs, reference)
         if diffs:
             head2 = ["method", "n"] + [f"Δ {label}" for _, label in COMPARED]
             body = []
-            for method, d in diffs.items():
-                n = next((v["n"] for v in d.values()), 0)
+            for method, n, d in diffs:
                 body.append([(method, method), (str(n), n)] + [
-                    (_diff_text(d.get(k)), d[k]["mean_diff"] if d.get(k) else "") for k, _ in COMPARED])
+                    (diff_text(d[k]), d[k]["mean_diff"] if d[k] else "") for k, _ in COMPARED])
             parts.append(f"<p>Paired differences against <code>{html.escape(reference)}</code> "
                          f"(method − {html.escape(reference)}; 95 % CI; p two-sided):</p>"
                          + _table(head2, body, "leaderboard paired"))

@@ -26,7 +26,7 @@ import io
 
 from PIL import Image
 
-from strcvit_bench.evaluation.scoring import METRICS
+from strcvit_bench.evaluation.scoring import get_metric
 
 
 def doc_to_visual(doc):
@@ -38,12 +38,11 @@ def doc_to_visual(doc):
 
 def _scorer(name):
     def process_results(doc, results):
-        return {"score": METRICS[name](results[0], doc["answers"])}
+        return {"score": get_metric(name)(results[0], doc["answers"])}
     return process_results
 
 
-''' + "\n".join(f"process_{m} = _scorer({m!r})" for m in ("vqa_accuracy", "anls", "relaxed_accuracy",
-                                                         "exact_match")) + "\n"
+'''
 
 
 def export_tasks(stream_dir: str | Path, out: str | Path, max_gen_toks: int = 16, per_chunk: bool = False) -> list[str]:
@@ -54,8 +53,9 @@ def export_tasks(stream_dir: str | Path, out: str | Path, max_gen_toks: int = 16
     out.mkdir(parents=True, exist_ok=True)
     metrics = {t["name"]: t["metric"] for t in stream.manifest["tasks"]}
     by_task = ("def process_by_task(doc, results):\n"
-               "    return {\"score\": METRICS[TASK_METRICS[doc[\"task\"]]](results[0], doc[\"answers\"])}\n")
-    atomic_write_text(out / "utils.py", UTILS + f"\nTASK_METRICS = {metrics!r}\n\n\n" + by_task)
+               "    return {\"score\": get_metric(TASK_METRICS[doc[\"task\"]])(results[0], doc[\"answers\"])}\n")
+    scorers = "".join(f"process_{m} = _scorer({m!r})\n" for m in sorted(set(metrics.values())))
+    atomic_write_text(out / "utils.py", UTILS + scorers + f"\nTASK_METRICS = {metrics!r}\n\n\n" + by_task)
     entries = [(f"{stream.name}_{t['name']}", stream.name, stream.test_file(t["name"]), f"process_{t['metric']}")
                for t in stream.manifest["tasks"]]
     if per_chunk:

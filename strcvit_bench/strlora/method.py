@@ -38,6 +38,7 @@ from pydantic import Field
 from strcvit_bench.adapters import inject
 from strcvit_bench.methods.base import Rows
 from strcvit_bench.methods.experts import ExpertMethod, ExpertOptions
+from strcvit_bench.models.views import text_view
 from strcvit_bench.strlora.layer import StrLoRALinear
 
 
@@ -106,7 +107,7 @@ class StrLoRA(ExpertMethod):
                     p.requires_grad_(not frozen)
 
     def before_forward(self, batch: dict[str, torch.Tensor], rows: Rows) -> None:
-        t = self.instruction_embedding(self.ctx.bundle, batch, masked=self.options.pooling == "masked")
+        t = text_view(self.ctx.bundle, batch, masked=self.options.pooling == "masked")
         self.batch_context.begin(batch.get("attention_mask"), instruction=t)
 
     def loss(self, task_loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from strcvit_bench.models.base import DEFAULT_PROJECTOR, DEFAULT_TARGET
+from strcvit_bench.models.families import DEFAULT_PROJECTOR, DEFAULT_TARGET
 
 
 class RunConfig(BaseModel):
@@ -18,21 +18,21 @@ class RunConfig(BaseModel):
     method_options: dict[str, Any] = Field(default_factory=dict)
     model: str = "tiny"
     out: str = "runs/run"
-    seed: int = 0
-    epochs_per_chunk: int = Field(1, ge=1)
+    seed: int = Field(0, description="seed of everything random in the run (adapters, batches, dropout)")
+    epochs_per_chunk: int = Field(1, ge=1, description="passes over each chunk (the protocol: 1)")
     lr: float | None = Field(None, gt=0, description="first chunk's learning rate, warm-up + cosine "
                                                      "(default: 3e-3 for tiny, 1e-4 for HF models)")
     lr_later: float | None = Field(None, gt=0, description="later chunks' constant learning rate "
                                                            "(default: lr / 4 for tiny, lr / 5 for HF models)")
-    warmup: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    warmup: float = Field(0.05, ge=0, lt=1, description="first chunk's warm-up, a fraction of its steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (the authors: 0.1)")
     batch_size: int | None = Field(None, ge=1, description="training batch (default: 8 for tiny, 16 for HF models)")
-    eval_batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(64, ge=1, description="rows per generation batch when scoring")
     eval_limit: int | None = Field(None, ge=1, description="score at most this many test rows per task")
-    max_chunks: int | None = Field(None, ge=1)
+    max_chunks: int | None = Field(None, ge=1, description="stop after this many chunks (resumable)")
     target_modules: str = DEFAULT_TARGET
     projector_modules: str = DEFAULT_PROJECTOR
-    train_projector: bool = True
+    train_projector: bool = Field(True, description="train the vision-to-language projector with the adapters")
     device: str = "auto"
     dtype: str = "auto"
     precision: Literal["fp32", "bf16"] = Field("fp32", description="autocast for training and generation")

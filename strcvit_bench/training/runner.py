@@ -26,7 +26,7 @@ from strcvit_bench.evaluation.evaluator import generate_answers, score_task
 from strcvit_bench.evaluation.metrics import all_metrics, first_seen_from_counts
 from strcvit_bench.evaluation.uncertainty import bootstrap_run
 from strcvit_bench.io import atomic_write_json, atomic_write_text
-from strcvit_bench.methods.registry import get_method, parse_options
+from strcvit_bench.methods.registry import get_method, method_label, parse_options
 from strcvit_bench.parallel import Parallel
 from strcvit_bench.seeding import derive_seed
 from strcvit_bench.streams.stream import stream_seal, verify_stream
@@ -206,6 +206,7 @@ class Run:
             "schema_version": SCHEMA_VERSION,
             "method": cfg.method,
             "method_options": self.options.model_dump(),
+            "method_label": method_label(cfg.method, self.options.model_dump()),
             "method_info": method.info(),
             "model": cfg.model,
             "model_info": {k: v for k, v in bundle.info.items() if k != "cache"},

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -57,10 +57,19 @@ class SourceRow:
 
 
 class Source(ABC):
-    """A configured data source. `name` prefixes the stream ids of its rows."""
+    """A configured data source. `name` prefixes the stream ids of its rows.
+
+    A source kind is a `Source` subclass whose `Config` (a StrictModel with `kind: Literal[...]`)
+    is what a stream spec writes, registered under that kind in `SOURCES`."""
 
     name: str
     license: str | None = None
+    Config: ClassVar[type[StrictModel]]
+
+    @classmethod
+    def from_spec(cls, config: Any, *, stream_seed: int, task_name: str, base_dir: Path | None) -> Source:
+        """The source a spec's task configures (`base_dir`: the spec's folder, for relative paths)."""
+        return cls(config)  # type: ignore[call-arg]
 
     @abstractmethod
     def split_name(self, which: Which) -> str:

@@ -126,6 +126,8 @@ class HFSourceConfig(StrictModel):
 
 
 class HFSource(TabularSource):
+    Config = HFSourceConfig
+
     def __init__(self, config: HFSourceConfig):
         super().__init__()
         self.config = config

@@ -78,6 +78,13 @@ def _from_swift(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class LocalSource(TabularSource):
+    Config = LocalSourceConfig
+
+    @classmethod
+    def from_spec(cls, config: LocalSourceConfig, *, stream_seed: int, task_name: str,
+                  base_dir: Path | None) -> LocalSource:
+        return cls(config, base_dir)
+
     def __init__(self, config: LocalSourceConfig, base_dir: Path | None):
         super().__init__()
         self.config = config

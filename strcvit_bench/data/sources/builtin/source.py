@@ -7,6 +7,7 @@ import itertools
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -40,6 +41,13 @@ class BuiltinSourceConfig(StrictModel):
 
 class BuiltinSource(Source):
     """Row i of a split is a pure function of (source seed, split, i): reproducible anywhere."""
+
+    Config = BuiltinSourceConfig
+
+    @classmethod
+    def from_spec(cls, config: BuiltinSourceConfig, *, stream_seed: int, task_name: str,
+                  base_dir: Path | None) -> BuiltinSource:
+        return cls(config, default_source_seed(stream_seed, task_name))
 
     def __init__(self, config: BuiltinSourceConfig, default_seed: int):
         self.config = config

@@ -21,15 +21,15 @@ rows (a chunk's clustering) `SampleViews.rows` stops each forward right after th
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from strcvit_bench.adapters.routing import masked_mean
 from strcvit_bench.errors import StrcvitError
-from strcvit_bench.methods.base import Rows
-from strcvit_bench.models.base import ModelBundle, model_inputs
+from strcvit_bench.models.base import ModelBundle, Rows, model_inputs
+from strcvit_bench.models.families import projector_module_name
 
 
 class _Captured(Exception):
@@ -45,22 +45,14 @@ def image_token_id(model: torch.nn.Module) -> int | None:
     return None
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the sequence axis of (B, L, d) restricted to `mask` (B, L); all tokens without one."""
-    if mask is None or mask.shape != x.shape[:2]:
-        return x.mean(1)
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
-def text_view(bundle: ModelBundle, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, d) float32: masked mean of the input-embedding rows of the instruction's tokens."""
+def text_view(bundle: ModelBundle, batch: dict[str, torch.Tensor], masked: bool = True) -> torch.Tensor:
+    """(B, d) float32: mean of the LLM's input-embedding rows over the instruction's tokens
+    (StrLoRA's instruction representation). `masked=False` averages the padding rows too, as
+    the StrLoRA authors' training code does."""
     emb = bundle.input_embeddings()
     with torch.no_grad():
-        return masked_mean(emb(batch["instruction_ids"]).float(), batch["instruction_mask"])
-
-
-PROJECTOR_MODULE = r"(.*\.)?(multi_modal_projector|connector|merger)"
+        vectors = emb(batch["instruction_ids"]).float()
+        return masked_mean(vectors, batch["instruction_mask"]) if masked else vectors.mean(1)
 
 
 def pool_vision_features(features: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -87,14 +79,16 @@ class ImageTap:
     """
 
     def __init__(self, bundle: ModelBundle, listener: Callable[[torch.Tensor], None]):
-        names = [n for n, _ in bundle.model.named_modules() if re.fullmatch(PROJECTOR_MODULE, n)]
-        if not names:
-            raise StrcvitError(f"no vision projector (a module named like {PROJECTOR_MODULE!r}) in this model; "
-                               f"this method reads image features at the projector's input")
+        family = bundle.family_info()
+        name = projector_module_name(bundle.model, family)
+        if name is None:
+            raise StrcvitError(f"no vision projector (a module named like {family.projector_module()!r}, the "
+                               f"{family.name} family's) in this model; this method reads image features at the "
+                               f"projector's input (models/families.py)")
         self.listener = listener
         self.batch: dict[str, torch.Tensor] | None = None
         self.stop_after = False
-        self._handle = bundle.model.get_submodule(names[0]).register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._handle = bundle.model.get_submodule(name).register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def set_batch(self, batch: dict[str, torch.Tensor]) -> None:
         """Arm the tap for the next forward of this batch (it fires once, then disarms)."""
