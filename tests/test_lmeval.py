@@ -54,3 +54,33 @@ def test_lm_eval_scores_equal_the_runners(tmp_path, tiny_stream):
     chunk = simple_evaluate(model=model, tasks=["tiny_chunk_000"], limit=6,
                             task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False))
     assert 0.0 <= chunk["results"]["tiny_chunk_000"]["score,none"] <= 1.0
+
+
+def test_a_corpus_metric_is_exported_with_an_aggregation_over_all_items(tmp_path, tiny_spec_data):
+    """CIDEr-D needs every prediction of the task at once: the exported task keeps each item's
+    prediction and scores them together, exactly as the runner does."""
+    import importlib.util
+
+    from strcvit_bench.evaluation.corpus import cider_d
+    from strcvit_bench.streams.builder import build_stream
+    from strcvit_bench.streams.spec import parse_spec
+
+    tiny_spec_data["tasks"][0]["metric"] = "cider"
+    stream = tmp_path / "stream"
+    build_stream(parse_spec(tiny_spec_data), stream)
+    tasks_dir = tmp_path / "tasks"
+    r = runner.invoke(app, ["export-lm-eval", str(stream), "--out", str(tasks_dir), "--per-chunk"])
+    assert r.exit_code == 0, r.output
+    assert "aggregation: !function utils.aggregate\n" in (tasks_dir / "tiny_shapes.yaml").read_text()
+    assert "aggregation: mean\n" in (tasks_dir / "tiny_text.yaml").read_text()
+    assert "process_results: !function utils.process_cider\n" in (tasks_dir / "tiny_shapes.yaml").read_text()
+    spec = importlib.util.spec_from_file_location("exported_utils", tasks_dir / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    docs = [{"task": "shapes", "answers": [a]} for a in ("a b c d", "e f g h", "a b x y")]
+    preds = ["a b c d", "e f", "a b x y"]
+    items = [utils.process_cider(d, [p])["score"] for d, p in zip(docs, preds, strict=True)]
+    assert utils.aggregate(items) == pytest.approx(sum(cider_d(preds, [d["answers"] for d in docs])) / 3)
+    # in a chunk task, a corpus metric is computed over its own task's items only
+    mixed = items + [utils.process_by_task({"task": "text", "answers": ["x"]}, ["x"])["score"]]
+    assert utils.aggregate(mixed) == pytest.approx((sum(cider_d(preds, [d["answers"] for d in docs])) + 1.0) / 4)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from strcvit_bench.evaluation.scoring import get_metric
+from strcvit_bench.evaluation.corpus import score_items
 from strcvit_bench.methods.base import Rows, evaluation_row
 from strcvit_bench.models.base import ModelBundle, autocast, model_inputs
 
@@ -42,11 +42,10 @@ def generate_answers(bundle: ModelBundle, rows: Rows, batch_size: int,
 
 
 def score_task(metric: str, rows: Rows, predictions: list[str]) -> tuple[float, list[dict[str, Any]]]:
-    """Mean score in percent, and one record per row (id, prediction, references, score)."""
-    fn = get_metric(metric)
-    records = []
-    for row, pred in zip(rows, predictions, strict=True):
-        records.append({"id": row["id"], "prediction": pred, "references": list(row["answers"]),
-                        "score": fn(pred, row["answers"])})
+    """Mean score in percent, and one record per row (id, prediction, references, score); a
+    corpus-level metric (CIDEr-D) scores every row with the whole test set's statistics."""
+    scores = score_items(metric, predictions, [list(r["answers"]) for r in rows])
+    records = [{"id": row["id"], "prediction": pred, "references": list(row["answers"]), "score": score}
+               for row, pred, score in zip(rows, predictions, scores, strict=True)]
     mean = 100.0 * sum(r["score"] for r in records) / len(records) if records else float("nan")
     return mean, records

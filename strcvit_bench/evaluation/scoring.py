@@ -161,3 +161,58 @@ def exact_match(prediction: str, references: Sequence[str]) -> float:
 
 def get_metric(name: str) -> MetricFn:
     return METRICS.get(name)
+
+
+# --- grounding: IoU of boxes ------------------------------------------------------------------
+
+_NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)")
+
+
+def parse_box(text: str) -> list[float] | None:
+    """The first four numbers of `text` as [x1, y1, x2, y2], or None."""
+    numbers = [float(x) for x in _NUMBER.findall(text)[:4]]
+    return numbers if len(numbers) == 4 and all(math.isfinite(v) for v in numbers) else None
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two [x1, y1, x2, y2] boxes (0 for an empty union)."""
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@METRICS.register("bbox_iou")
+def bbox_iou(prediction: str, references: Sequence[str], threshold: float = 0.5) -> float:
+    """1 when the predicted box overlaps a reference box with IoU ≥ 0.5 (RefCOCO's accuracy).
+
+    Boxes are [x1, y1, x2, y2] normalised to the square-padded image, the StrCVIT release's
+    convention for both the answer and the model's output (its eval_grounding.py compares them
+    after scaling both by the longer side, which leaves the IoU unchanged, so the image size
+    does not enter). A box with x2 ≤ x1 or y2 ≤ y1 covers nothing; an unparsable answer scores 0.
+    """
+    pred = parse_box(prediction)
+    if pred is None or pred[2] <= pred[0] or pred[3] <= pred[1]:
+        return 0.0
+    boxes = [b for b in (parse_box(r) for r in references) if b is not None]
+    return float(any(box_iou(pred, b) >= threshold for b in boxes))
+
+
+# --- classification by label (ImageNet, Places365) ----------------------------------------------
+
+@METRICS.register("classification")
+def classification(prediction: str, references: Sequence[str]) -> float:
+    """The StrCVIT authors' label rule: right when the label (its periods removed) contains the
+    answer or the answer contains the label, case-insensitively ("a golden retriever" for
+    "golden retriever"). Unlike their script, an empty answer is wrong, not contained in every label."""
+    pred = prediction.strip().upper()
+    if not pred:
+        return 0.0
+    return float(any(label in pred or pred in label for label in (r.replace(".", "").strip().upper()
+                                                                   for r in references) if label))
+
+
+# metrics defined in modules of their own, imported on first use: corpus-level CIDEr-D, and the
+# rules of the StrCVIT authors' evaluation scripts (`--scoring authors`)
+METRICS.register("cider", "strcvit_bench.evaluation.corpus:CIDER")
+for _rule in ("vqav2", "ocrvqa", "chartqa", "choice", "finvis", "classification", "grounding"):
+    METRICS.register(f"authors.{_rule}", f"strcvit_bench.evaluation.authors:{_rule}")

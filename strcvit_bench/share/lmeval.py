@@ -12,12 +12,15 @@ lm-eval's CLI with `strcvit` registered.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from strcvit_bench.errors import StrcvitError
+from strcvit_bench.evaluation.corpus import CorpusMetric
+from strcvit_bench.evaluation.scoring import get_metric
 from strcvit_bench.io import atomic_write_text
 from strcvit_bench.streams.stream import open_stream
 
@@ -26,6 +29,7 @@ import io
 
 from PIL import Image
 
+from strcvit_bench.evaluation.corpus import CorpusMetric, score_items
 from strcvit_bench.evaluation.scoring import get_metric
 
 
@@ -42,6 +46,23 @@ def _scorer(name):
     return process_results
 
 
+def _collector(name, task=None):
+    """For corpus-level metrics: keep the prediction, score the task's items together."""
+    def process_results(doc, results):
+        return {"score": (name, task or doc.get("task"), results[0], list(doc["answers"]))}
+    return process_results
+
+
+def aggregate(items):
+    """Mean item score, corpus-level metrics (CIDEr-D) computed over each task's items at once."""
+    groups = {}
+    for name, task, prediction, references in items:
+        groups.setdefault((name, task), []).append((prediction, references))
+    scores = [s for (name, _), pairs in groups.items()
+              for s in score_items(name, [p for p, _ in pairs], [r for _, r in pairs])]
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
 '''
 
 
@@ -52,17 +73,27 @@ def export_tasks(stream_dir: str | Path, out: str | Path, max_gen_toks: int = 16
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {t["name"]: t["metric"] for t in stream.manifest["tasks"]}
+    corpus = {m for m in metrics.values() if isinstance(get_metric(m), CorpusMetric)}
     by_task = ("def process_by_task(doc, results):\n"
-               "    return {\"score\": get_metric(TASK_METRICS[doc[\"task\"]])(results[0], doc[\"answers\"])}\n")
-    scorers = "".join(f"process_{m} = _scorer({m!r})\n" for m in sorted(set(metrics.values())))
-    atomic_write_text(out / "utils.py", UTILS + scorers + f"\nTASK_METRICS = {metrics!r}\n\n\n" + by_task)
-    entries = [(f"{stream.name}_{t['name']}", stream.name, stream.test_file(t["name"]), f"process_{t['metric']}")
+               "    name = TASK_METRICS[doc[\"task\"]]\n"
+               "    if name in CORPUS_METRICS:\n"
+               "        return _collector(name)(doc, results)\n"
+               "    return {\"score\": (name, doc[\"task\"], results[0], list(doc[\"answers\"]))}\n")
+    scorers = "".join(f"process_{m.replace('.', '_')} = " + (f"_collector({m!r})" if m in corpus else f"_scorer({m!r})")
+                      + "\n" for m in sorted(set(metrics.values())))
+    atomic_write_text(out / "utils.py", UTILS + scorers + f"\nTASK_METRICS = {metrics!r}\n"
+                      f"CORPUS_METRICS = {sorted(corpus)!r}\n\n\n" + by_task)
+    # (name, tag, parquet, process_results, aggregation): per-sample metrics average per item
+    # (lm-eval's mean, with its standard error); corpus-level ones need every item at once
+    entries = [(f"{stream.name}_{t['name']}", stream.name, stream.test_file(t["name"]),
+                f"process_{t['metric'].replace('.', '_')}",
+                "!function utils.aggregate" if t["metric"] in corpus else "mean")
                for t in stream.manifest["tasks"]]
     if per_chunk:
         entries += [(f"{stream.name}_chunk_{c['index']:03d}", f"{stream.name}_chunks", stream.chunk_file(c["index"]),
-                     "process_by_task") for c in stream.manifest["chunks"]]
+                     "process_by_task", "!function utils.aggregate") for c in stream.manifest["chunks"]]
     names = []
-    for name, tag, data_file, scorer in entries:
+    for name, tag, data_file, scorer, aggregation in entries:
         config = {
             "task": name,
             "tag": [tag],
@@ -74,13 +105,12 @@ def export_tasks(stream_dir: str | Path, out: str | Path, max_gen_toks: int = 16
             "doc_to_text": "{{instruction}}",
             "doc_to_target": "{{answer}}",
             "process_results": f"!function utils.{scorer}",
-            "metric_list": [{"metric": "score", "aggregation": "mean", "higher_is_better": True}],
+            "metric_list": [{"metric": "score", "aggregation": aggregation, "higher_is_better": True}],
             "generation_kwargs": {"until": ["\n\n"], "max_gen_toks": max_gen_toks, "do_sample": False},
             "metadata": {"version": 1, "fingerprint": stream.fingerprint},
         }
         text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
-        text = text.replace("'!function utils.", "!function utils.").replace("_visual'", "_visual")
-        text = text.replace(f"{scorer}'", scorer)
+        text = re.sub(r"'(!function utils\.\w+)'", r"\1", text)  # YAML tags, not strings
         atomic_write_text(out / f"{name}.yaml", text)
         names.append(name)
     return names

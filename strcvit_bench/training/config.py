@@ -39,6 +39,9 @@ class RunConfig(BaseModel):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step (the batch size is the step's)")
     gradient_checkpointing: bool = False
     compile: bool = Field(False, description="torch.compile the model's forward")
+    scoring: Literal["default", "authors"] = Field(
+        "default", description="how tasks are scored: our documented metrics, or the StrCVIT authors' released "
+        "evaluation rules (docs/metrics.md)")
     pretrain_samples: int | None = Field(None, ge=0, description="tiny model: captions seen in pre-training")
 
     @field_validator("target_modules", "projector_modules")

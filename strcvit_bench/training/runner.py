@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from strcvit_bench.env import git_commit, hardware, library_versions
 from strcvit_bench.errors import StrcvitError
+from strcvit_bench.evaluation.authors import task_metric
 from strcvit_bench.evaluation.evaluator import generate_answers, score_task
 from strcvit_bench.evaluation.metrics import all_metrics, first_seen_from_counts
 from strcvit_bench.evaluation.uncertainty import bootstrap_run
@@ -166,7 +167,7 @@ class Run:
             summary = method.routing_summary()
             if summary is not None:
                 routing[task["name"]] = summary
-            score, records = score_task(task["metric"], rows, preds)
+            score, records = score_task(task_metric(task, self.config.scoring), rows, preds)
             if par.is_main:
                 atomic_write_text(self.out / "predictions" / tag / f"{task['name']}.jsonl",
                                   "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
@@ -215,7 +216,7 @@ class Run:
                        "num_chunks": stream.num_chunks, "chunk_size": stream.manifest["chunk_size"],
                        "composition": stream.composition()},
             "seed": cfg.seed,
-            "tasks": [{"name": t["name"], "family": t["family"], "metric": t["metric"], "first_seen": s}
+            "tasks": [{"name": t["name"], "family": t["family"], "metric": task_metric(t, cfg.scoring), "first_seen": s}
                       for t, s in zip(stream.manifest["tasks"], first_seen, strict=True)],
             "accuracy_matrix": R,
             "base_scores": state["base_scores"],
