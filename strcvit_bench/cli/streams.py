@@ -63,6 +63,34 @@ def build_stream_cmd(
     console.print(f"fingerprint {manifest['fingerprint']}")
 
 
+@app.command("import-release")
+@handles_errors
+def import_release_cmd(
+    release: Path = typer.Argument(..., help="The downloaded release (chanceche/StrCVIT_dataset): train/, test/."),
+    image_root: Path = typer.Option(..., "--image-root", help="What <STRCVIT_IMAGE_ROOT> stands for in its paths."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output directory (default: streams/<name>)."),
+    tests: str = typer.Option("test", "--tests", help="Which test files: test | test_proxy | val_proxy."),
+    task_rules: Path = typer.Option(None, "--task-rules", help="YAML rules image-folder prefix -> task "
+                                    "(default: the authors' README table)."),
+    strict: bool = typer.Option(False, "--strict",
+                                help="Fail on a missing or unreadable image instead of counting it."),
+    name: str = typer.Option("strcvit", "--name", help="The stream's name."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+) -> None:
+    """Import the StrCVIT authors' released stream as it is: chunk i = the records of data_{i+1:03d}.json."""
+    from strcvit_bench.streams.release import import_release
+
+    out = check_output_dir(out or Path("streams") / name)
+    manifest = import_release(release, image_root, out, tests=tests, rules_path=task_rules, strict=strict,
+                              name=name, overwrite=overwrite)
+    rows = sum(c["size"] for c in manifest["chunks"])
+    say(f"imported [bold]{manifest['name']}[/] into {out}: {manifest['num_chunks']} chunks, {rows} train rows, "
+        f"{len(manifest['tasks'])} tasks")
+    if manifest["dropped"]:
+        say(f"skipped records (image missing or unreadable): {manifest['dropped']}")
+    console.print(f"fingerprint {manifest['fingerprint']}")
+
+
 @app.command("publish")
 @handles_errors
 def publish_cmd(

@@ -262,8 +262,14 @@ def _build(spec: StreamSpec, out: Path, sources: dict[str, Source], counts: list
             "dropped": {k: v for k, v in sorted(b.dropped.items()) if v},
             "created_with": library_versions(("strcvit-bench", "datasets", "pyarrow", "pillow")),
         }
-        files = {rel: file_sha256(tmp / rel) for rel in data_files(manifest)}
-        manifest["content"] = {"files": files, "seal": content_seal(manifest, files)}
-        atomic_write_json(tmp / MANIFEST, manifest)
-        atomic_write_text(tmp / "README.md", render_card(manifest))
+        seal_and_write(tmp, manifest)
     return manifest
+
+
+def seal_and_write(tmp: Path, manifest: dict[str, Any]) -> None:
+    """Seal every data file and the result-deciding manifest fields, then write the manifest and
+    the dataset card: the last step of every way a stream directory is made."""
+    files = {rel: file_sha256(tmp / rel) for rel in data_files(manifest)}
+    manifest["content"] = {"files": files, "seal": content_seal(manifest, files)}
+    atomic_write_json(tmp / MANIFEST, manifest)
+    atomic_write_text(tmp / "README.md", render_card(manifest))
