@@ -31,22 +31,26 @@ def model_parameters(model: type[BaseModel], *, skip: set[str] = frozenset(),  #
                      short: dict[str, str] | None = None, defaults: dict[str, Any] | None = None,
                      helps: dict[str, str] | None = None) -> list[inspect.Parameter]:
     """One keyword parameter per field of `model`: required fields are required options, bools
-    are flags (`--x/--no-x` when on by default), and the field's description is the help."""
+    are `--x/--no-x` flags, and the field's description is the help. Optional options default to
+    None (the model's default is shown in the help), so the command knows what was given."""
     short, defaults, helps = short or {}, defaults or {}, helps or {}
     params = []
     for name, field in model.model_fields.items():
         if name in skip:
             continue
-        default = defaults.get(name, ... if field.is_required() else field.get_default(call_default_factory=True))
+        shown = defaults.get(name, None if field.is_required() else field.get_default(call_default_factory=True))
         kind = _cli_type(field.annotation)
         names = [flag(name)]
-        if kind is bool and default is True:
+        if kind is bool:
             names = [f"{flag(name)}/--no-{name.replace('_', '-')}"]
         if name in short:
             names.append(short[name])
         help_text = helps.get(name) or (field.description[:1].upper() + field.description[1:] + "."
-                                        if field.description else None)
-        option = typer.Option(default, *names, help=help_text, show_default=default is not None)
+                                        if field.description else "")
+        if shown is not None:
+            help_text += f" (default: {shown})"
+        option = typer.Option(... if field.is_required() else None, *names, help=help_text or None,
+                              show_default=False)
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
     return params
 

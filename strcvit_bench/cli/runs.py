@@ -48,6 +48,8 @@ def run_cmd(
     num_processes: int = typer.Option(1, "--num-processes", min=1,
                                       help="Data-parallel processes: re-launches itself with `accelerate launch`."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last finished chunk."),
+    preset: str = typer.Option(None, "--preset", help="Fill unset options with a published protocol: `authors` "
+                               "(the StrCVIT release's settings; docs/reproducing.md)."),
     **fields: Any,
 ) -> None:
     """Train a model on a stream chunk by chunk with a method; score every task after every chunk."""
@@ -56,14 +58,18 @@ def run_cmd(
     from strcvit_bench.methods.registry import get_method, parse_options
     from strcvit_bench.parallel import launched_world_size
     from strcvit_bench.training.config import RunConfig
+    from strcvit_bench.training.presets import apply_preset
     from strcvit_bench.training.runner import run
 
-    stream, method = Path(fields["stream"]), fields["method"]
-    options = parse_options(get_method(method), opt)
+    values = {k: v for k, v in fields.items() if v is not None}  # what the command line gave
+    stream, method = Path(values["stream"]), values.setdefault("method", "lora")
+    cls = get_method(method)
+    given = parse_options(cls, opt).model_dump(exclude_unset=True)
+    values, method_options = apply_preset(preset, values, list(cls.Options.model_fields), given)
+    options = parse_options(cls, method_options)
     quiet_transformers()
-    values = {k: v for k, v in fields.items() if v is not None}
     values.update(stream=str(stream), method_options=options.model_dump(exclude_unset=True),
-                  out=str(fields["out"] or Path("runs") / f"{stream.name}-{method}-s{fields['seed']}"))
+                  out=str(values.get("out") or Path("runs") / f"{stream.name}-{method}-s{values.get('seed', 0)}"))
     try:
         config = RunConfig.model_validate(values)
     except ValidationError as exc:

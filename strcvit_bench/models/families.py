@@ -30,7 +30,11 @@ class Family:
 FAMILIES: Registry[Family] = Registry("model family", entry_point_group="strcvit_bench.model_families")
 FAMILIES.register("llava", Family("llava", ("llava", "llava_next"), "multi_modal_projector"))  # and the tiny default
 FAMILIES.register("idefics3", Family("idefics3", ("idefics3", "smolvlm"), "connector"))
-FAMILIES.register("qwen2_vl", Family("qwen2_vl", ("qwen2_vl", "qwen2_5_vl"), r"visual\.merger"))
+FAMILIES.register("qwen2_vl", Family("qwen2_vl", ("qwen2_vl",), r"visual\.merger"))
+FAMILIES.register("qwen2_5_vl", Family("qwen2_5_vl", ("qwen2_5_vl",), r"visual\.merger"))
+# the StrCVIT paper's base models: InternVL3.5 (transformers' -HF format) and Gemma 3
+FAMILIES.register("internvl", Family("internvl", ("internvl",), "multi_modal_projector"))
+FAMILIES.register("gemma3", Family("gemma3", ("gemma3",), "multi_modal_projector"))
 
 
 def family_of(model_type: str) -> Family:
@@ -38,12 +42,16 @@ def family_of(model_type: str) -> Family:
     for _, family in FAMILIES.items():
         if model_type in family.model_types:
             return family
-    return Family(model_type, (model_type,), "|".join(f.projector for _, f in FAMILIES.items()))
+    return Family(model_type, (model_type,), "|".join(_projector_names()))
+
+
+def _projector_names() -> list[str]:
+    return list(dict.fromkeys(f.projector for _, f in FAMILIES.items()))  # each name once, in order
 
 
 def projector_parameters() -> str:
     """The default regex of the projector parameters trained with the adapters (any family)."""
-    return r".*(" + "|".join(f.projector for _, f in FAMILIES.items()) + r")\..*"
+    return r".*(" + "|".join(_projector_names()) + r")\..*"
 
 
 # Adapters go on the language model's linear layers only (never the vision tower unless asked).

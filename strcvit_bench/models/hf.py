@@ -7,6 +7,7 @@ turn) only: the prompt length is measured by encoding the prompt alone.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -88,7 +89,25 @@ def _processor_without_video(name_or_path: str):
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     return ImageOnlyProcessor(image_processor=AutoImageProcessor.from_pretrained(name_or_path), tokenizer=tokenizer,
-                              video_processor=None, chat_template=getattr(tokenizer, "chat_template", None))
+                              video_processor=None, chat_template=getattr(tokenizer, "chat_template", None),
+                              **_processor_options(name_or_path, base))
+
+
+def _processor_options(name_or_path: str, processor_class: type) -> dict[str, Any]:
+    """The processor's own settings from processor_config.json (InternVL's image_seq_length,
+    Gemma 3's image token count, ...): the ones its constructor takes."""
+    import inspect
+    import json
+
+    from transformers.utils import cached_file
+
+    path = cached_file(name_or_path, "processor_config.json", _raise_exceptions_for_missing_entries=False)
+    if path is None:
+        return {}
+    saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    accepted = set(inspect.signature(processor_class.__init__).parameters) - {"self", "image_processor", "tokenizer",
+                                                                             "video_processor", "chat_template"}
+    return {k: v for k, v in saved.items() if k in accepted}
 
 
 def load_processor(name_or_path: str):

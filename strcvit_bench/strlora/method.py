@@ -4,9 +4,9 @@ Defaults follow the authors (docs/methods.md) except where we differ on purpose:
 instruction is mean-pooled over its real tokens (`pooling=with_padding` averages padding rows
 too, as their training code does), stage 1 learns through its straight-through top-k
 (`stage1_grad=false` reproduces their mask-only W_r), and router freezing after a chunk is an
-explicit option (`freeze_router_after=3` is their `--freeze_attn` after chunk 4, 1-based), off
-by default. The rank budget defaults to the LoRA baseline's (4 experts x rank/4); the authors
-use 4 x 16 with alpha 128 on 8B models (`--opt rank=64 alpha=128`).
+explicit option (`freeze_router_after=4` is their `--freeze_attn`, below), off by default. The
+rank budget defaults to the LoRA baseline's (4 experts x rank/4); the authors use 4 x 16 with
+alpha 128 on 8B models (`--preset authors`, or `--opt rank=64 --opt alpha=128`).
 
 `freeze_router_after` is the first 0-based chunk whose router is frozen: the released scripts
 freeze it from their data_005 on (`idx_num -gt 4` → `--freeze_attn`), i.e. `freeze_router_after=4`.

@@ -30,6 +30,8 @@ class RunConfig(BaseModel):
     eval_batch_size: int = Field(64, ge=1, description="rows per generation batch when scoring")
     eval_limit: int | None = Field(None, ge=1, description="score at most this many test rows per task")
     max_chunks: int | None = Field(None, ge=1, description="stop after this many chunks (resumable)")
+    projector_lr: float | None = Field(None, gt=0, description="the projector's own learning rate, in every chunk "
+                                       "(default: the adapters'; the authors: 1e-5)")
     target_modules: str = DEFAULT_TARGET
     projector_modules: str = DEFAULT_PROJECTOR
     train_projector: bool = Field(True, description="train the vision-to-language projector with the adapters")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 from typing import Any
 
@@ -40,12 +41,26 @@ def split(rows: Rows, parts: int) -> list[Rows]:
     return out
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+def param_groups(params: dict[str, torch.nn.Parameter], projector: str, projector_lr: float | None) -> list[Any]:
+    """The trainable parameters; with `projector_lr`, the projector's (names matching the
+    `projector` regex) in a group of their own at that rate (the authors' aligner rate)."""
+    trainable = [(n, p) for n, p in params.items() if p.requires_grad]
+    if projector_lr is None:
+        return [p for _, p in trainable]
+    rx = re.compile(projector)
+    groups = [{"params": [p for n, p in trainable if not rx.fullmatch(n)]},
+              {"params": [p for n, p in trainable if rx.fullmatch(n)], "lr": projector_lr}]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(params: list[Any], lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW, fused where torch has the kernel (CPU and CUDA). Expert methods train hundreds of
     small router and expert tensors; the unfused update runs a dozen small ops per tensor, and
-    that loop was a visible share of their step (benchmarks/speedups.py measures it)."""
+    that loop was a visible share of their step (benchmarks/speedups.py measures it).
+    `params`: tensors, or param groups (dicts) as `param_groups` makes them."""
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
     fusable = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
-                  for p in params)
+                  for p in tensors)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if fusable else None)
 
 
@@ -58,7 +73,8 @@ def train_chunk(bundle: ModelBundle, method: Method, params: dict[str, torch.nn.
     device = next(model.parameters()).device
     method.before_chunk(index, rows)  # may freeze, thaw or add parameters: the optimiser comes after
     trainable = [p for p in params.values() if p.requires_grad]
-    opt = make_optimizer(trainable, config.first_lr if index == 0 else config.later_lr, config.weight_decay)
+    opt = make_optimizer(param_groups(params, bundle.projector_modules, config.projector_lr),
+                         config.first_lr if index == 0 else config.later_lr, config.weight_decay)
     steps_per_epoch = math.ceil(len(rows) / config.train_batch_size)
     total = steps_per_epoch * config.epochs_per_chunk
     warm = max(1, int(config.warmup * total))
