@@ -3,11 +3,15 @@
 Runs the demo as a user would, in a fresh process with an empty model cache (so the one-time
 pre-training of the tiny base is included) and an empty output folder, and times it. Then it
 reads what every run recorded to split the total: pre-training, each method's training and
-evaluation, and the rest (stream build, imports, loading, the leaderboard).
+evaluation, and the rest (stream build, imports, loading, the leaderboard). With several
+`--jobs` values (e.g. `1,2`) it runs the demo once per value, in turn, and prints their ratio:
+runs side by side in one invocation, as speed is compared in this project.
 
-    python benchmarks/demo_time.py [--methods a,b] [--keep DIR] [--leaderboard DIR] [--json out.json]
+    python benchmarks/demo_time.py [--jobs 1,2] [--methods a,b] [--num-chunks N] [--cache DIR]
+                                   [--keep DIR] [--leaderboard DIR] [--json out.json]
 
-The full demo takes a quarter of an hour on a 2-core CPU.
+With `--jobs 2` the runs overlap, so the per-run phases add up to more than the wall time;
+they are each run's own records (CPU time of the run, in its one thread).
 """
 
 from __future__ import annotations
@@ -27,19 +31,15 @@ sys.path.insert(0, str(ROOT))
 from strcvit_bench.env import hardware  # noqa: E402
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default=None, help="comma-separated (default: the demo's eight)")
-    ap.add_argument("--keep", type=Path, default=None, help="write the demo here instead of a temporary folder")
-    ap.add_argument("--leaderboard", type=Path, default=None, help="passed to `strcvit demo --leaderboard`")
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+def one_demo(args: argparse.Namespace, jobs: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.keep or Path(tmp) / "demo"
-        env = {**os.environ, "STRCVIT_CACHE": str(Path(tmp) / "cache")}
-        cmd = [sys.executable, "-m", "strcvit_bench", "--quiet", "demo", "--out", str(out)]
+        env = {**os.environ, "STRCVIT_CACHE": str(args.cache or Path(tmp) / "cache")}
+        cmd = [sys.executable, "-m", "strcvit_bench", "--quiet", "demo", "--out", str(out), "--jobs", str(jobs)]
         if args.methods:
             cmd += ["--methods", args.methods]
+        if args.num_chunks:
+            cmd += ["--num-chunks", str(args.num_chunks)]
         if args.leaderboard:  # relative to the checkout, as the leaderboard records the command
             cmd += ["--leaderboard", os.path.relpath(args.leaderboard.resolve(), ROOT)]
         start = time.perf_counter()
@@ -47,21 +47,44 @@ def main() -> None:
         total = time.perf_counter() - start
         runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/results.json"))]
     pretrain = next((r["model_info"].get("pretrain_stats", {}).get("seconds", 0.0) for r in runs
-                     if r["model_info"].get("cached") is False), 0.0)
-    rows = [("pre-training the tiny base (once)", pretrain)]
+                     if r["model_info"].get("cached") is False), None)
+    rows = [("pre-training the tiny base (once)", pretrain or 0.0)]
     for r in runs:
         t = r["timings"]
-        rows.append((f"{r['method']}: training", t["train_seconds"]))
-        rows.append((f"{r['method']}: evaluation", t["eval_seconds"] + (t["base_eval_seconds"] or 0.0)))
-    rows.append(("stream build, loading, imports, leaderboard", total - sum(s for _, s in rows)))
-    print(f"strcvit demo, {len(runs)} methods, one seed, cold cache: {total / 60:.1f} min "
-          f"({hardware().get('cpu_count', '?')} CPUs)")
-    print(f"{'phase':<46}{'seconds':>9}{'share':>8}")
-    for label, seconds in rows:
-        print(f"{label:<46}{seconds:>9.1f}{100 * seconds / total:>7.1f}%")
+        label = r.get("method_label", r["method"])
+        rows.append((f"{label}: training", t["train_seconds"]))
+        rows.append((f"{label}: evaluation", t["eval_seconds"] + (t["base_eval_seconds"] or 0.0)))
+    if jobs == 1:
+        rows.append(("stream build, loading, imports, leaderboard", total - sum(s for _, s in rows)))
+    return {"jobs": jobs, "total_seconds": total, "runs": len(runs), "phases": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", default="1", help="comma-separated `strcvit demo --jobs` values, run in turn")
+    ap.add_argument("--methods", default=None, help="comma-separated (default: every method and the reference rows)")
+    ap.add_argument("--num-chunks", type=int, default=None, help="a shorter demo (the ratio, not the headline)")
+    ap.add_argument("--keep", type=Path, default=None, help="write the demo here instead of a temporary folder")
+    ap.add_argument("--cache", type=Path, default=None, help="a model cache to keep (warm after the first demo: "
+                    "compares the runs without the one-time pre-training)")
+    ap.add_argument("--leaderboard", type=Path, default=None, help="passed to `strcvit demo --leaderboard`")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    results = [one_demo(args, int(j)) for j in args.jobs.split(",")]
+    for res in results:
+        total = res["total_seconds"]
+        cache = "warm cache (--cache)" if args.cache else "cold cache"
+        print(f"\nstrcvit demo --jobs {res['jobs']}, {res['runs']} runs, one seed, {cache}: {total / 60:.1f} min "
+              f"({hardware().get('cpu_count', '?')} CPUs)")
+        print(f"{'phase':<52}{'seconds':>9}{'share':>8}")
+        for label, seconds in res["phases"]:
+            print(f"{label:<52}{seconds:>9.1f}{100 * seconds / total:>7.1f}%")
+    if len(results) > 1:
+        base = results[0]["total_seconds"]
+        print("\n" + "  ".join(f"--jobs {r['jobs']}: {base / r['total_seconds']:.2f}x" for r in results)
+              + f" (against --jobs {results[0]['jobs']})")
     if args.json:
-        args.json.write_text(json.dumps({"total_seconds": total, "phases": dict(rows), "hardware": hardware()},
-                                        indent=2))
+        args.json.write_text(json.dumps({"results": results, "hardware": hardware()}, indent=2))
 
 
 if __name__ == "__main__":

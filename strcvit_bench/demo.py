@@ -93,25 +93,73 @@ def build_demo_stream(out: Path, num_chunks: int | None, chunk_size: int | None,
     return stream_dir
 
 
-def run_jobs(jobs: list[Job], seeds: int, stream_dir: Path, out: Path, eval_limit: int | None,
-             pretrain_samples: int | None, say: Say, progress: ProgressFactory) -> Iterator[Path]:
-    """Each (job, seed) run in turn; a finished run is kept, an interrupted one resumed."""
-    from strcvit_bench.training.config import RunConfig
-    from strcvit_bench.training.runner import run
+def _summary(m: dict[str, Any]) -> str:
+    """The run's headline metrics; BWT and forgetting are undefined (None) after one chunk."""
+    keys = (("final avg", "final_average_accuracy"), ("mean avg", "mean_average_accuracy"), ("BWT", "bwt"),
+            ("forgetting", "forgetting"))
+    return "  ".join(f"{label} {'–' if m.get(k) is None else format(m[k], '.1f')}" for label, k in keys)
 
-    work = [(j, s) for j in jobs for s in range(seeds)]
+
+def run_jobs(jobs: list[Job], seeds: int, stream_dir: Path, out: Path, eval_limit: int | None,
+             pretrain_samples: int | None, say: Say, progress: ProgressFactory, workers: int = 1) -> Iterator[Path]:
+    """Every (job, seed) run; a finished run is kept, an interrupted one resumed. With `workers`
+    > 1, that many runs at once, each in a process of its own with its share of the CPU threads."""
+    from strcvit_bench.training.config import RunConfig
+
+    work, todo = [(j, s) for j in jobs for s in range(seeds)], []
     for k, (job, seed) in enumerate(work):
         run_dir = out / "runs" / f"{job.label}-s{seed}"
         results_path = run_dir / "results.json"
         if results_path.is_file() and json.loads(results_path.read_text()).get("complete"):
             say(f"[{k + 1}/{len(work)}] {job.label} seed {seed}: already complete, kept")
-            yield run_dir
             continue
         config = RunConfig(stream=str(stream_dir), method=job.method, method_options=job.options, seed=seed,
                            out=str(run_dir), eval_limit=eval_limit, pretrain_samples=pretrain_samples)
-        with progress(f"[{k + 1}/{len(work)}] {job.label} seed {seed}") as update:
-            results = run(config, resume=(run_dir / "run_config.json").is_file(), progress=update)
-        m = results["metrics"]
-        say(f"    final avg {m['final_average_accuracy']:.1f}  mean avg {m['mean_average_accuracy']:.1f}  "
-            f"BWT {m['bwt']:.1f}  forgetting {m['forgetting']:.1f}")
-        yield run_dir
+        todo.append((f"[{k + 1}/{len(work)}] {job.label} seed {seed}", config))
+    if workers <= 1:
+        from strcvit_bench.training.runner import run
+
+        for label, config in todo:
+            with progress(label) as update:
+                results = run(config, resume=(Path(config.out) / "run_config.json").is_file(), progress=update)
+            say(f"    {_summary(results['metrics'])}")
+    elif todo:
+        _run_parallel(todo, workers, say)
+    yield from (out / "runs" / f"{job.label}-s{seed}" for job, seed in work)
+
+
+def _run_parallel(todo: list[tuple[str, Any]], workers: int, say: Say) -> None:
+    """The runs in `workers` processes. The tiny base is pre-trained (and cached) first, here, with
+    every thread, so no two processes pre-train it; each process then uses cores / workers threads:
+    on a small CPU, small matmuls scale poorly with threads, and two one-thread runs beat two
+    two-thread runs in turn (benchmarks/demo_time.py measures it)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    first = todo[0][1]
+    trainable_params(Path(first.stream), "lora", {}, first.pretrain_samples)  # pre-trains the base, into the cache
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    say(f"running {len(todo)} runs, {workers} at a time, {threads} thread(s) each")
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads, os.getpid())) as pool:
+        futures = {pool.submit(_run_one, config.model_dump()): label for label, config in todo}
+        for future in as_completed(futures):
+            say(f"{futures[future]}: {_summary(future.result())}")
+
+
+def _worker_init(threads: int, parent: int) -> None:
+    import torch
+
+    from strcvit_bench.streams.builder import exit_with_parent
+
+    torch.set_num_threads(threads)
+    exit_with_parent(parent)
+
+
+def _run_one(config: dict[str, Any]) -> dict[str, Any]:
+    from strcvit_bench.training.config import RunConfig
+    from strcvit_bench.training.runner import run
+
+    cfg = RunConfig.model_validate(config)
+    return run(cfg, resume=(Path(cfg.out) / "run_config.json").is_file())["metrics"]

@@ -112,6 +112,33 @@ def test_small_demo_runs_every_method_and_writes_the_leaderboard(tmp_path, monke
     assert again.exit_code == 0 and again.output.count("already complete") == len(demo_methods())
 
 
+def test_demo_jobs_run_in_parallel_and_equal_one_thread_sequential_runs(tmp_path, monkeypatch):
+    """`--jobs 2`: two runs at once, one thread each (2 cores); their results are the runs a
+    sequential demo makes with one thread per run."""
+    import torch
+
+    monkeypatch.setenv("STRCVIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    small = ["--num-chunks", "2", "--chunk-size", "16", "--pretrain-samples", "32", "--eval-limit", "4",
+             "--methods", "lora,strlora,cram"]
+    par = runner.invoke(app, ["demo", "--out", str(tmp_path / "par"), "--jobs", "2", *small])
+    assert par.exit_code == 0, par.output
+    assert "3 runs, 2 at a time, 1 thread(s) each" in par.output
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seq = runner.invoke(app, ["demo", "--out", str(tmp_path / "seq"), *small])
+    finally:
+        torch.set_num_threads(threads)
+    assert seq.exit_code == 0, seq.output
+    for method in ("lora", "strlora", "cram"):
+        a, b = (json.loads((tmp_path / d / "runs" / f"{method}-s0" / "results.json").read_text())
+                for d in ("par", "seq"))
+        assert a["accuracy_matrix"] == b["accuracy_matrix"], method
+        assert [c["train_loss"] for c in a["per_chunk"]] == [c["train_loss"] for c in b["per_chunk"]], method
+        assert a["env"]["hardware"]["torch_threads"] == 1
+
+
 @pytest.mark.slow
 def test_full_demo(tmp_path):
     """The README's main command as a user runs it (about 14 minutes on a 2-core CPU)."""
@@ -119,3 +146,12 @@ def test_full_demo(tmp_path):
     assert result.exit_code == 0, result.output
     lb = (tmp_path / "demo" / "leaderboard" / "leaderboard.md").read_text()
     assert all(f"| {m} | 1 |" in lb for m in ("lora", "replay", "ewc", "moelora", "smolora", "strlora", "joint"))
+
+
+def test_a_one_chunk_demo_reports_undefined_forgetting_as_such():
+    """After one chunk BWT and forgetting are undefined (None): the demo's summary line says so
+    instead of failing (it once raised TypeError there)."""
+    from strcvit_bench.demo import _summary
+
+    line = _summary({"final_average_accuracy": 31.25, "mean_average_accuracy": 30.0, "bwt": None, "forgetting": None})
+    assert line == "final avg 31.2  mean avg 30.0  BWT –  forgetting –"

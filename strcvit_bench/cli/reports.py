@@ -22,6 +22,9 @@ def demo_cmd(
     reference: str = typer.Option("lora", "--reference", help="Method every other is compared with, paired."),
     eval_limit: int = typer.Option(None, "--eval-limit", min=1, help="Score at most N test rows per task."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the demo stream even if present."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Runs at once, each in its own process with "
+                             "cores/jobs threads (2 on 2 cores: the runs 1.22x faster, benchmarks/RESULTS.md). Its "
+                             "runs equal a sequential demo's made with as many threads per run."),
     num_chunks: int = typer.Option(None, "--num-chunks", min=1, help="Smaller demo: fewer chunks."),
     chunk_size: int = typer.Option(None, "--chunk-size", min=1, help="Smaller demo: smaller chunks."),
     pretrain_samples: int = typer.Option(None, "--pretrain-samples", min=0,
@@ -37,8 +40,9 @@ def demo_cmd(
     quiet_transformers()
     stream_dir = demo.build_demo_stream(out, num_chunks, chunk_size, rebuild, progress_bar)
     say(f"demo stream: {stream_dir}")
-    jobs = demo.jobs_for([m.strip() for m in methods.split(",") if m.strip()], stream_dir, pretrain_samples)
-    run_dirs = list(demo.run_jobs(jobs, seeds, stream_dir, out, eval_limit, pretrain_samples, say, progress_bar))
+    work = demo.jobs_for([m.strip() for m in methods.split(",") if m.strip()], stream_dir, pretrain_samples)
+    run_dirs = list(demo.run_jobs(work, seeds, stream_dir, out, eval_limit, pretrain_samples, say, progress_bar,
+                                  workers=jobs))
     target = leaderboard or out / "leaderboard"
     command = "strcvit demo" + (f" --seeds {seeds}" if seeds != 1 else "") + (
         f" --leaderboard {leaderboard}" if leaderboard else "")
