@@ -222,3 +222,15 @@ def test_string_matrix_and_empty_runs_are_refused(tmp_path):
         (run / "results.json").write_text(json.dumps(broken))
         out = CliRunner().invoke(app, ["leaderboard", str(run), "--out", str(tmp_path / "lb")])
         assert out.exit_code == 2 and "not a strcvit results.json" in out.output.replace("\n", " ")
+
+
+def test_runs_scored_by_the_authors_rules_get_rows_of_their_own(tmp_path):
+    ours = fake_run(tmp_path, "lora", 0, [[50, 0], [20, 60], [10, 80]])
+    theirs = fake_run(tmp_path / "authors", "lora", 0, [[55, 0], [25, 65], [15, 85]])
+    results = json.loads((theirs / "results.json").read_text())
+    results["config"] = {"scoring": "authors"}
+    (theirs / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "lb"
+    assert lb.update([ours, theirs], out, "test")["groups"] == 2
+    md = (out / "leaderboard.md").read_text()
+    assert "| lora | 1 |" in md and "| lora (authors scoring) | 1 |" in md

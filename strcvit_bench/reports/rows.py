@@ -40,15 +40,19 @@ def slug(text: str) -> str:
 
 
 def method_label(results: dict[str, Any]) -> str:
-    """The method name plus its non-default options, so ablations get their own row. Runs record
-    it; for runs that predate the field it is derived (which imports the method)."""
+    """The method name plus its non-default options, so ablations get their own row, and the
+    scoring profile when it is not ours: numbers scored by other rules never share a row. Runs
+    record the method's label; for runs that predate the field it is derived (importing the method)."""
     if isinstance(results.get("method_label"), str):
-        return results["method_label"]
-    from strcvit_bench.methods.registry import METHODS
-    from strcvit_bench.methods.registry import method_label as label
+        label = results["method_label"]
+    else:
+        from strcvit_bench.methods.registry import METHODS
+        from strcvit_bench.methods.registry import method_label as derive
 
-    name = results["method"]
-    return label(name, results.get("method_options", {})) if name in METHODS else name
+        name = results["method"]
+        label = derive(name, results.get("method_options", {})) if name in METHODS else name
+    scoring = (results.get("config") or {}).get("scoring", "default")
+    return label if scoring == "default" else f"{label} ({scoring} scoring)"
 
 
 @dataclass
