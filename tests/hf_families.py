@@ -35,32 +35,55 @@ def save_llava(path: Path) -> Path:
     return path
 
 
-def save_qwen2_vl(path: Path) -> Path:
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+def _tokenizer(extra: list[str], named: dict[str, str] | None = None):
+    """Our word-level test tokenizer with the family's special tokens, named as its processor wants."""
+    from transformers import PreTrainedTokenizerFast
 
-    tok = build_tokenizer(WORDS)
-    tok.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>",
-                                                          "<|video_pad|>", "<|im_start|>", "<|im_end|>"]})
+    base = build_tokenizer(WORDS)
+    return PreTrainedTokenizerFast(tokenizer_object=base.backend_tokenizer, pad_token="[PAD]", unk_token="[UNK]",
+                                   bos_token="[BOS]", eos_token="[EOS]", sep_token="[SEP]", padding_side="left",
+                                   extra_special_tokens=["<image>", *extra], model_specific_special_tokens=named or {})
+
+
+QWEN_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _qwen_parts():
+    """What Qwen2-VL and Qwen2.5-VL share: the tokenizer and chat template, the language model, the
+    image-token ids."""
+    tok = _tokenizer(QWEN_TOKENS)
     tok.chat_template = _template("<|vision_start|><|image_pad|><|vision_end|>", "<|im_start|>{{ m['role'] }}\n",
                                   "<|im_end|>\n", "<|im_start|>assistant\n")
     ids = tok.convert_tokens_to_ids
-    cfg = Qwen2VLConfig(
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
-                           temporal_patch_size=2, mlp_ratio=2),
-        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=2,
-                         eos_token_id=3, pad_token_id=0,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-    )
-    Qwen2VLForConditionalGeneration(cfg).save_pretrained(path)
-    # no processor.save_pretrained: Qwen2-VL's processor insists on a (torchvision) video processor;
-    # the loader rebuilds an image-only processor from these two parts
+    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=2,
+                eos_token_id=3, pad_token_id=0,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]})
+    tokens = dict(image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+                  vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+    return tok, text, tokens
+
+
+def _save_qwen_processor_parts(path: Path, tok) -> Path:
+    """No processor.save_pretrained: the Qwen processors insist on a (torchvision) video processor;
+    the loader rebuilds an image-only processor from these two parts."""
+    from transformers import Qwen2VLImageProcessorPil
+
     tok.save_pretrained(path)
     Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=56 * 56, patch_size=14, merge_size=2,
                              temporal_patch_size=2).save_pretrained(path)
     return path
+
+
+def save_qwen2_vl(path: Path) -> Path:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    tok, text, tokens = _qwen_parts()
+    cfg = Qwen2VLConfig(vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, patch_size=14,
+                                           spatial_merge_size=2, temporal_patch_size=2, mlp_ratio=2),
+                        text_config=text, **tokens)
+    Qwen2VLForConditionalGeneration(cfg).save_pretrained(path)
+    return _save_qwen_processor_parts(path, tok)
 
 
 def save_idefics3(path: Path) -> Path:
@@ -92,40 +115,17 @@ def save_idefics3(path: Path) -> Path:
     return path
 
 
-def _tokenizer(extra: list[str], named: dict[str, str] | None = None):
-    """Our word-level test tokenizer with the family's special tokens, named as its processor wants."""
-    from transformers import PreTrainedTokenizerFast
-
-    base = build_tokenizer(WORDS)
-    return PreTrainedTokenizerFast(tokenizer_object=base.backend_tokenizer, pad_token="[PAD]", unk_token="[UNK]",
-                                   bos_token="[BOS]", eos_token="[EOS]", sep_token="[SEP]", padding_side="left",
-                                   extra_special_tokens=["<image>", *extra], model_specific_special_tokens=named or {})
-
-
 def save_qwen2_5_vl(path: Path) -> Path:
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    tok = _tokenizer(["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>", "<|im_start|>",
-                      "<|im_end|>"])
-    tok.chat_template = _template("<|vision_start|><|image_pad|><|vision_end|>", "<|im_start|>{{ m['role'] }}\n",
-                                  "<|im_end|>\n", "<|im_start|>assistant\n")
-    ids = tok.convert_tokens_to_ids
+    tok, text, tokens = _qwen_parts()
     cfg = Qwen2_5_VLConfig(
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
                            spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64, fullatt_block_indexes=[0],
                            window_size=56),
-        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=2,
-                         eos_token_id=3, pad_token_id=0,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-    )
+        text_config=text, **tokens)
     Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(path)
-    tok.save_pretrained(path)  # the loader builds the image-only processor (no torchvision video processor)
-    Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=56 * 56, patch_size=14, merge_size=2,
-                             temporal_patch_size=2).save_pretrained(path)
-    return path
+    return _save_qwen_processor_parts(path, tok)
 
 
 def save_internvl(path: Path) -> Path:
