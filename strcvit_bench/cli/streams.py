@@ -55,11 +55,16 @@ def build_stream_cmd(
     with progress_bar(f"building {parsed.name}") as update:
         manifest = build_stream(parsed, out, base_dir=spec.resolve().parent, overwrite=overwrite,
                                 strict=strict, progress=update, workers=workers)
-    rows = manifest["num_chunks"] * manifest["chunk_size"]
-    say(f"built [bold]{manifest['name']}[/] in {out}: {manifest['num_chunks']} chunks, "
-        f"{rows} train rows, {len(manifest['tasks'])} tasks, {manifest['_build_seconds']:.1f}s")
+    report_stream(manifest, out, "built", f", {manifest['_build_seconds']:.1f}s")
+
+
+def report_stream(manifest: dict, out: Path, verb: str, extra: str = "") -> None:
+    """What a new stream directory holds, what was dropped on the way, and its fingerprint."""
+    rows = sum(c["size"] for c in manifest["chunks"])
+    say(f"{verb} [bold]{manifest['name']}[/] in {out}: {manifest['num_chunks']} chunks, {rows} train rows, "
+        f"{len(manifest['tasks'])} tasks{extra}")
     if manifest["dropped"]:
-        say(f"dropped rows: {manifest['dropped']}")
+        say(f"dropped rows, by task and reason: {manifest['dropped']}")
     console.print(f"fingerprint {manifest['fingerprint']}")
 
 
@@ -83,12 +88,7 @@ def import_release_cmd(
     out = check_output_dir(out or Path("streams") / name)
     manifest = import_release(release, image_root, out, tests=tests, rules_path=task_rules, strict=strict,
                               name=name, overwrite=overwrite)
-    rows = sum(c["size"] for c in manifest["chunks"])
-    say(f"imported [bold]{manifest['name']}[/] into {out}: {manifest['num_chunks']} chunks, {rows} train rows, "
-        f"{len(manifest['tasks'])} tasks")
-    if manifest["dropped"]:
-        say(f"skipped records (image missing or unreadable): {manifest['dropped']}")
-    console.print(f"fingerprint {manifest['fingerprint']}")
+    report_stream(manifest, out, "imported")
 
 
 @app.command("publish")

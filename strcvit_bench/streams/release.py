@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,6 @@ def load_rules(path: Path | None) -> tuple[Rule, ...]:
     keys = ("prefix", "task", "family", "metric", "test_dir")
     if not isinstance(data, list) or not data:
         raise StrcvitError(f"--task-rules {path}: expected a list of rules, each with {', '.join(keys)}")
-    import re
-
     rules = []
     for i, item in enumerate(data):
         if not isinstance(item, dict) or set(item) != set(keys) or not all(isinstance(v, str) for v in item.values()):
