@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
+from strcvit_bench.adapters.per_sample import PerSampleSquares
 from strcvit_bench.methods.base import Method, MethodOptions, Rows
 from strcvit_bench.seeding import derive_rng
 
@@ -36,6 +37,9 @@ def online_fisher(accumulated: dict[str, torch.Tensor] | None, new: dict[str, to
     if accumulated is None:
         return {k: v.clone() for k, v in new.items()}
     return {k: gamma * accumulated[k] + new[k] for k in new}
+
+
+FISHER_BATCH = 16  # samples per backward pass of the Fisher estimate (memory, not results)
 
 
 class EWCOptions(MethodOptions):
@@ -78,19 +82,35 @@ class EWC(Method):
             if p.grad is not None:
                 self.fisher[n] += p.grad.detach() ** 2 / self.steps
 
-    def estimate_fisher(self, index: int, rows: Rows) -> dict[str, torch.Tensor]:
+    def estimate_fisher(self, index: int, rows: Rows, batched: bool = True) -> dict[str, torch.Tensor]:
+        """The mean squared per-sample gradient of -log p(y|x) of the answer, over a sample of the
+        chunk: FISHER_BATCH samples per backward pass where every trainable tensor allows it
+        (`PerSampleSquares`), else (or with `batched=False`) one sample per pass."""
         rng = derive_rng(self.ctx.seed, "ewc-fisher", index)
         sample = rng.sample(rows, min(self.options.fisher_samples, len(rows)))
         fisher = {n: torch.zeros_like(p) for n, p in self.params.items()}
         was_training = self.model.training
         self.model.eval()  # no dropout: the Fisher of the model as deployed
         parallel = self.ctx.parallel
-        for row in parallel.shard(sample):  # each rank its share of the sample, then summed
+        mine = parallel.shard(sample)  # each rank its share of the sample, then summed
+        tracker = PerSampleSquares(self.model, self.params) if batched else None
+        step = FISHER_BATCH if tracker is not None and tracker.covered else 1
+        i = 0
+        while i < len(mine):
+            part = mine[i: i + step]
             self.model.zero_grad(set_to_none=True)
-            self.batch_loss([row], sum_over_tokens=True).backward()  # -log p(y|x) of the answer
-            for n, p in self.params.items():
-                if p.grad is not None:
-                    fisher[n] += p.grad.detach() ** 2
+            if step > 1:
+                loss = lambda part=part: self.batch_loss(part, sum_over_tokens=True)  # noqa: E731
+                squares = tracker.run(loss, len(part))  # type: ignore[union-attr]
+                if squares is None:  # a layer's input was not laid out by sample: one at a time
+                    step = 1
+                    continue
+            else:
+                self.batch_loss(part, sum_over_tokens=True).backward()  # -log p(y|x) of the answer
+                squares = {n: p.grad.detach() ** 2 for n, p in self.params.items() if p.grad is not None}
+            for n, sq in squares.items():
+                fisher[n] += sq
+            i += len(part)
         self.model.zero_grad(set_to_none=True)
         self.model.train(was_training)
         for f in fisher.values():

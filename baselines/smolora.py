@@ -52,16 +52,20 @@ class SMoLoRALinear(ExpertLoRA):
             self, x, lambda: one_hot_argmax(masked_mean(x, self.context.mask_for(x)) @ self.router_vu.t()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The release's layer, y = W0 x + m_vu · vu_out + m_if · if_out with m = softmax([fc_A(vu_out),
+        fc_B(if_out)]) and vu_out = h_vu Bᵀ, if_out = h_if Bᵀ (h the selected expert's rank block of
+        (α/r) A x). Both heads and the mix are linear in B, so they are taken in rank space:
+        fc(h Bᵀ) = h (fc B)ᵀ and m_vu h_vu Bᵀ + m_if h_if Bᵀ = (m_vu h_vu + m_if h_if) Bᵀ — one
+        d_out-wide product a token, as LoRA's, where the written-out form takes two, plus two
+        d_out-wide heads and mixes (benchmarks/speedups.py: same loss at the same weights)."""
         vu = self.vu_choice(x)                                        # (B, half) one-hot
         ins = one_hot_argmax(self.context["if_embedding"].to(x.dtype) @ self.router_if.t())  # (B, half) one-hot
         zeros = torch.zeros_like(vu)
-        h = self.dropout(x) @ self.lora_A.t()
-        h = h.unflatten(-1, (self.experts, self.rank_per_expert))
-        w_vu = torch.cat([vu, zeros], -1)[:, None, :, None]
-        w_if = torch.cat([zeros, ins], -1)[:, None, :, None]
-        vu_out = (h * (w_vu * self.scale)).flatten(-2) @ self.lora_B.t()
-        if_out = (h * (w_if * self.scale)).flatten(-2) @ self.lora_B.t()
-        scores = torch.cat([vu_out @ self.lora_fc_A.t(), if_out @ self.lora_fc_B.t()], -1)
+        h = (self.dropout(x) @ self.lora_A.t()).unflatten(-1, (self.experts, self.rank_per_expert))
+        h_vu = (h * (torch.cat([vu, zeros], -1)[:, None, :, None] * self.scale)).flatten(-2)
+        h_if = (h * (torch.cat([zeros, ins], -1)[:, None, :, None] * self.scale)).flatten(-2)
+        heads = torch.cat([self.lora_fc_A, self.lora_fc_B]) @ self.lora_B  # (2, r): fc_A B, fc_B B
+        scores = torch.stack([h_vu @ heads[0], h_if @ heads[1]], -1)
         mix = torch.softmax(scores.float(), dim=-1).to(x.dtype)      # (B, L, 2)
         if self.recording:
             vu_w, if_w = torch.cat([vu, zeros], -1)[:, None], torch.cat([zeros, ins], -1)[:, None]
@@ -69,7 +73,7 @@ class SMoLoRALinear(ExpertLoRA):
             self.record_tokens(eff, self.context.mask_for(x))
             if x.shape[1] > 1:
                 self.record_selection(torch.cat([vu, ins], -1))
-        return self.base(x) + mix[..., :1] * vu_out + mix[..., 1:] * if_out
+        return self.base(x) + (mix[..., :1] * h_vu + mix[..., 1:] * h_if) @ self.lora_B.t()
 
 
 class SMoLoRAOptions(ExpertOptions):

@@ -1,16 +1,22 @@
-"""Evaluation throughput: greedy generation batched (left padding, KV cache) vs one by one.
+"""Evaluation throughput on the demo test sets, tiny pre-trained base, in one process.
 
-Scores every demo test set with the pre-trained tiny base under the LoRA method, once with
-batch 64 and once with batch 1, in one process; prints samples/s and the ratio, and checks
-both give the same answers (batching must not change predictions).
+1. Greedy generation batched (left padding, KV cache) vs one by one, under LoRA: samples/s,
+   the ratio, and whether both give the same answers (batching must not change predictions).
+2. What a run's evaluations reuse (`evaluation/reuse.py`: encoded prompt batches and frozen
+   vision-tower outputs, kept from the first evaluation): a run scores the same test rows
+   after every chunk, so each method here scores them `--evals` times with and without reuse,
+   alternating, and the evaluations after the first are compared (median samples/s), with
+   every prediction checked identical. StrLoRA is included because it routes on the image view
+   tapped at the projector's input, which must be unchanged.
 
-    python benchmarks/eval_throughput.py [--stream DIR] [--json out.json]
+    python benchmarks/eval_throughput.py [--stream DIR] [--limit 50] [--evals 4] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from strcvit_bench.evaluation.evaluator import generate_answers  # noqa: E402
+from strcvit_bench.evaluation.reuse import EvalReuse  # noqa: E402
 from strcvit_bench.methods import MethodContext  # noqa: E402
 from strcvit_bench.methods.registry import get_method, parse_options  # noqa: E402
 from strcvit_bench.models.tiny import load_tiny  # noqa: E402
@@ -30,6 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stream", type=Path, default=ROOT / "runs" / "demo" / "stream")
     ap.add_argument("--limit", type=int, default=50, help="test rows per task")
+    ap.add_argument("--evals", type=int, default=4, help="evaluations per method and mode (part 2)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     stream = open_stream(args.stream)
@@ -55,8 +63,46 @@ def main() -> None:
         print(f"{r['batch_size']:>6}{r['seconds']:>10.2f}{r['samples_per_s']:>11.1f}")
     print(f"batched / one-by-one speed-up: {results[64]['samples_per_s'] / results[1]['samples_per_s']:.1f}x; "
           f"identical answers: {same}/{len(rows)}")
+    reuse = [reuse_vs_fresh(stream, bundle, name, args.limit, args.evals) for name in ("lora", "strlora")]
+    print(f"\nscoring the same {reuse[0]['rows']} rows {args.evals} times (as after each chunk of a run), batch 64; "
+          f"evaluations after the first, median")
+    print(f"{'method':<9}{'fresh smp/s':>12}{'reuse smp/s':>12}{'ratio':>7}{'identical':>11}{'kept MiB':>10}")
+    for r in reuse:
+        print(f"{r['method']:<9}{r['fresh_samples_per_s']:>12.1f}{r['reuse_samples_per_s']:>12.1f}{r['ratio']:>7.2f}"
+              f"{r['identical']:>11}{r['kept_mib']:>10.1f}")
     if args.json:
-        args.json.write_text(json.dumps({"runs": list(results.values()), "identical_answers": same}, indent=2))
+        args.json.write_text(json.dumps({"runs": list(results.values()), "identical_answers": same, "reuse": reuse},
+                                        indent=2))
+
+
+def reuse_vs_fresh(stream, bundle, name: str, limit: int, evals: int) -> dict:
+    """The same rows scored `evals` times with a fresh encoding each time and with a run's reuse,
+    alternating evaluation by evaluation."""
+    ctx = MethodContext(bundle=bundle, seed=0, num_chunks=stream.num_chunks, chunk_size=1, task_ids_visible=False,
+                        lookup_rows=lambda ids: [])
+    bundle.model = type(bundle.model).from_pretrained(bundle.info["cache"]).eval()  # no adapters of a previous method
+    cls = get_method(name)
+    method = cls(parse_options(cls, {}), ctx)
+    method.setup()
+    tasks = [stream.read_test(t).to_pylist()[:limit] for t in stream.task_names]
+    keep = EvalReuse(bundle)
+    seconds: dict[str, list[float]] = {"fresh": [], "reuse": []}
+    answers: dict[str, list[list[str]]] = {"fresh": [], "reuse": []}
+    for _ in range(evals):
+        for mode in ("fresh", "reuse"):
+            start = time.perf_counter()
+            got = [a for rows in tasks
+                   for a in generate_answers(bundle, rows, 64, method.before_forward, reuse=keep if mode == "reuse"
+                                             else None)]
+            seconds[mode].append(time.perf_counter() - start)
+            answers[mode].append(got)
+    n = sum(len(rows) for rows in tasks)
+    later = {m: statistics.median(s[1:]) for m, s in seconds.items()}
+    identical = all(a == answers["fresh"][0] for m in answers for a in answers[m])
+    return {"method": name, "rows": n, "evals": evals, "fresh_samples_per_s": n / later["fresh"],
+            "reuse_samples_per_s": n / later["reuse"], "ratio": later["fresh"] / later["reuse"],
+            "identical": identical, "kept_mib": keep.used / 2**20, "hits": keep.hits,
+            "first_eval_s": {m: s[0] for m, s in seconds.items()}}
 
 
 if __name__ == "__main__":

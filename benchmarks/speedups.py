@@ -14,6 +14,13 @@ time is the tiny model's own arithmetic, spent where the slowest method of the m
   themselves, run as one autograd function with a hand-written backward (three token-wide
   products and a dozen small ops a layer, where autograd ran five and about sixty). And AdamW's
   per-tensor loop over its 168 small tensors: the optimiser is now torch's fused AdamW.
+- SMoLoRA (1.70 LoRA steps): its layer computed both selected experts' full outputs (two
+  d_out-wide products a token), a head on each and their mix. Heads and mix are linear in B,
+  so they are now taken in rank space: one d_out-wide product a token, as LoRA's.
+- EWC (1.41 LoRA steps): after each chunk, its Fisher took one forward and backward per sample
+  (128 of them, a fifth of the chunk's time). It now takes 16 samples a pass, each sample's
+  squared gradient recovered from the layer's input and output gradient
+  (`adapters/per_sample.py`).
 
 For each change this script trains the same demo chunk from the same base with the previous
 implementation (kept here as a reference) and the current one, alternating A/B so both see the
@@ -43,7 +50,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from strcvit_bench.adapters.lora import LoRALinear  # noqa: E402
+from strcvit_bench.adapters.routing import one_hot_argmax  # noqa: E402
+from strcvit_bench.baselines import ewc  # noqa: E402
 from strcvit_bench.baselines.branchlora import BranchLoRALinear  # noqa: E402
+from strcvit_bench.baselines.smolora import SMoLoRALinear  # noqa: E402
 from strcvit_bench.streams.stream import open_stream  # noqa: E402
 from strcvit_bench.strlora import routing  # noqa: E402
 from strcvit_bench.strlora.layer import StrLoRALinear  # noqa: E402
@@ -124,6 +134,28 @@ def unfused_adamw(params, lr, weight_decay):
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+def smolora_written_out_forward(self, x):
+    """SMoLoRA's layer before the change, as released: both selected experts' full outputs, a
+    head on each, their mix."""
+    vu = self.vu_choice(x)
+    ins = one_hot_argmax(self.context["if_embedding"].to(x.dtype) @ self.router_if.t())
+    zeros = torch.zeros_like(vu)
+    h = (self.dropout(x) @ self.lora_A.t()).unflatten(-1, (self.experts, self.rank_per_expert))
+    vu_out = (h * (torch.cat([vu, zeros], -1)[:, None, :, None] * self.scale)).flatten(-2) @ self.lora_B.t()
+    if_out = (h * (torch.cat([zeros, ins], -1)[:, None, :, None] * self.scale)).flatten(-2) @ self.lora_B.t()
+    scores = torch.cat([vu_out @ self.lora_fc_A.t(), if_out @ self.lora_fc_B.t()], -1)
+    mix = torch.softmax(scores.float(), dim=-1).to(x.dtype)
+    return self.base(x) + mix[..., :1] * vu_out + mix[..., 1:] * if_out
+
+
+_estimate_fisher = ewc.EWC.estimate_fisher
+
+
+def ewc_fisher_one_sample_per_pass(self, index, rows):
+    """EWC's Fisher before the change: one forward and backward per sample."""
+    return _estimate_fisher(self, index, rows, batched=False)
+
+
 # label: (method trained, object patched, attribute, the previous implementation)
 CHANGES = {
     "branchlora layer: one matmul for all branches": ("branchlora", BranchLoRALinear, "forward",
@@ -132,6 +164,9 @@ CHANGES = {
     "strlora stage 2: folded map, routing+KL fused": ("strlora", StrLoRALinear, "forward",
                                                       strlora_query_first_forward),
     "adamw fused (strlora's 168 tensors)": ("strlora", trainer, "make_optimizer", unfused_adamw),
+    "smolora layer: heads and mix in rank space": ("smolora", SMoLoRALinear, "forward",
+                                                   smolora_written_out_forward),
+    "ewc fisher: 16 samples a pass": ("ewc", ewc.EWC, "estimate_fisher", ewc_fisher_one_sample_per_pass),
 }
 
 
@@ -149,17 +184,25 @@ def patched(owner, attr: str, value):
 
 
 def train_once(stream, store, method: str, chunk: int, owner, attr: str, value) -> dict:
-    """Seconds to train the chunk and its mean training loss; for a forward, also one batch's loss
-    on the trained weights under the previous forward and under the current one."""
+    """Seconds to train the chunk (for EWC, with its Fisher after the chunk) and its mean training
+    loss; for a forward, also one batch's loss on the trained weights under the previous forward
+    and under the current one; for EWC, the first chunk's Fisher (at the same weights either way)."""
     cfg = RunConfig(stream=str(stream.path), method=method)
     bundle, m, params = setup.build(cfg, stream, store.lookup)
     with patched(owner, attr, value):
         if method == "branchlora":  # mid-stream: routers and frozen branches from a first chunk
             train_chunk(bundle, m, params, 0, store.chunk(0), cfg)
+        if method == "ewc":  # a penalty in force, as from the second chunk on
+            m.after_chunk(0, store.chunk(0))
+            fisher = torch.cat([f.flatten() for f in m.fisher.values()])  # at the same weights either way
         start = time.perf_counter()
         record = train_chunk(bundle, m, params, chunk, store.chunk(chunk), cfg)
+        if method == "ewc":
+            m.after_chunk(chunk, store.chunk(chunk))
         seconds = time.perf_counter() - start
     out = {"seconds": seconds, "train_loss": record["train_loss"]}
+    if method == "ewc":
+        out["fisher"] = fisher
     if attr == "forward":
         rows = store.chunk(chunk)[:16]
         with torch.no_grad():
@@ -194,6 +237,10 @@ def main() -> None:
         if attr == "forward":  # the same function: one batch, trained weights, either forward
             check = max(r["forward_loss_diff"] for rs in runs.values() for r in rs)
             check_kind = "|Δ loss|, same weights, either forward"
+        elif attr == "estimate_fisher":  # the same estimate: the Fisher at the base's weights, before the chunk
+            a, b = runs["before"][0]["fisher"], runs["after"][0]["fisher"]
+            check = float((a - b).norm() / a.norm())
+            check_kind = "relative ||Δ Fisher||, same weights"
         else:  # the same algorithm: the chunk's training loss, before against after
             first = runs["before"][0]["train_loss"]
             check = abs(first - runs["after"][0]["train_loss"]) / first

@@ -35,11 +35,11 @@ def save_llava(path: Path) -> Path:
     return path
 
 
-def _tokenizer(extra: list[str], named: dict[str, str] | None = None):
+def _tokenizer(extra: list[str], named: dict[str, str] | None = None, words: list[str] = WORDS):
     """Our word-level test tokenizer with the family's special tokens, named as its processor wants."""
     from transformers import PreTrainedTokenizerFast
 
-    base = build_tokenizer(WORDS)
+    base = build_tokenizer(words)
     return PreTrainedTokenizerFast(tokenizer_object=base.backend_tokenizer, pad_token="[PAD]", unk_token="[UNK]",
                                    bos_token="[BOS]", eos_token="[EOS]", sep_token="[SEP]", padding_side="left",
                                    extra_special_tokens=["<image>", *extra], model_specific_special_tokens=named or {})
@@ -48,10 +48,10 @@ def _tokenizer(extra: list[str], named: dict[str, str] | None = None):
 QWEN_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>", "<|im_start|>", "<|im_end|>"]
 
 
-def _qwen_parts():
+def _qwen_parts(words: list[str] = WORDS):
     """What Qwen2-VL and Qwen2.5-VL share: the tokenizer and chat template, the language model, the
     image-token ids."""
-    tok = _tokenizer(QWEN_TOKENS)
+    tok = _tokenizer(QWEN_TOKENS, words=words)
     tok.chat_template = _template("<|vision_start|><|image_pad|><|vision_end|>", "<|im_start|>{{ m['role'] }}\n",
                                   "<|im_end|>\n", "<|im_start|>assistant\n")
     ids = tok.convert_tokens_to_ids
@@ -64,26 +64,30 @@ def _qwen_parts():
     return tok, text, tokens
 
 
-def _save_qwen_processor_parts(path: Path, tok) -> Path:
+def _save_qwen_processor_parts(path: Path, tok, pixels: tuple[int, int] = (28 * 28 * 4, 56 * 56)) -> Path:
     """No processor.save_pretrained: the Qwen processors insist on a (torchvision) video processor;
     the loader rebuilds an image-only processor from these two parts."""
     from transformers import Qwen2VLImageProcessorPil
 
     tok.save_pretrained(path)
-    Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=56 * 56, patch_size=14, merge_size=2,
+    Qwen2VLImageProcessorPil(min_pixels=pixels[0], max_pixels=pixels[1], patch_size=14, merge_size=2,
                              temporal_patch_size=2).save_pretrained(path)
     return path
 
 
-def save_qwen2_vl(path: Path) -> Path:
+def save_qwen2_vl(path: Path, *, words: list[str] = WORDS, text: dict | None = None, vision: dict | None = None,
+                  pixels: tuple[int, int] = (28 * 28 * 4, 56 * 56)) -> Path:
+    """The test model; `text`, `vision` and `pixels` (min, max) override its sizes (the training
+    benchmark builds a 2B-width language model with them)."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    tok, text, tokens = _qwen_parts()
-    cfg = Qwen2VLConfig(vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, patch_size=14,
-                                           spatial_merge_size=2, temporal_patch_size=2, mlp_ratio=2),
-                        text_config=text, **tokens)
+    tok, text_cfg, tokens = _qwen_parts(words)
+    vision_cfg = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+                      temporal_patch_size=2, mlp_ratio=2)
+    cfg = Qwen2VLConfig(vision_config={**vision_cfg, **(vision or {})}, text_config={**text_cfg, **(text or {})},
+                        **tokens)
     Qwen2VLForConditionalGeneration(cfg).save_pretrained(path)
-    return _save_qwen_processor_parts(path, tok)
+    return _save_qwen_processor_parts(path, tok, pixels)
 
 
 def save_idefics3(path: Path) -> Path:

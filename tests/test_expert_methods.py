@@ -72,6 +72,37 @@ def test_smolora_separable_routing_and_mixing():
     assert torch.allclose(layer(x), out, atol=1e-5)
 
 
+def test_smolora_rank_space_layer_has_the_written_out_layers_gradients():
+    """The layer takes its heads and mix in rank space; its gradients must be those of the
+    released form (two full outputs, heads on each, mix of the outputs)."""
+    torch.manual_seed(1)
+    layer = SMoLoRALinear(_base(), experts=4, rank_per_expert=2, alpha=8.0, dropout=0.0, if_dim=3)
+    layer.context.begin(if_embedding=torch.randn(3, 3))
+    torch.nn.init.normal_(layer.lora_B)
+    x = torch.randn(3, 5, 6)
+    weights = torch.randn(3, 5, layer.out_features)
+
+    def written_out():
+        vu = layer.vu_choice(x)
+        ins = torch.zeros(3, 2).scatter(-1, (layer.context["if_embedding"] @ layer.router_if.t()).argmax(-1, True), 1.0)
+        h = (x @ layer.lora_A.t()).unflatten(-1, (4, 2))
+        zeros = torch.zeros_like(vu)
+        v = (h * (torch.cat([vu, zeros], -1)[:, None, :, None] * layer.scale)).flatten(-2) @ layer.lora_B.t()
+        i = (h * (torch.cat([zeros, ins], -1)[:, None, :, None] * layer.scale)).flatten(-2) @ layer.lora_B.t()
+        mix = torch.softmax(torch.cat([v @ layer.lora_fc_A.t(), i @ layer.lora_fc_B.t()], -1), -1)
+        return layer.base(x) + mix[..., :1] * v + mix[..., 1:] * i
+
+    grads = []
+    for forward in (layer, written_out):
+        layer.zero_grad(set_to_none=True)
+        out = forward(x) if forward is layer else forward()
+        (out * weights).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None})
+    assert set(grads[0]) == set(grads[1]) >= {"lora_A", "lora_B", "lora_fc_A", "lora_fc_B"}
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-5), n
+
+
 def test_smolora_vu_routing_follows_the_sequence_content_and_gates_get_no_gradient():
     layer = SMoLoRALinear(_base(), experts=4, rank_per_expert=1, alpha=4.0, dropout=0.0, if_dim=3)
     layer.context.begin(if_embedding=torch.randn(1, 3))

@@ -129,3 +129,145 @@ def test_option_parsing_errors_list_the_options():
     assert parse_options(get_method("ewc"), ["lam=5", "variant=authors"]).lam == 5.0
     with pytest.raises(StrcvitError, match="unknown method 'sgd'"):
         get_method("sgd")
+
+
+def test_per_sample_squares_equal_one_backward_per_sample():
+    from strcvit_bench.adapters.per_sample import PerSampleSquares
+
+    torch.manual_seed(0)
+    lora = LoRALinear(nn.Linear(6, 5), r=3, alpha=6.0)
+    with torch.no_grad():
+        lora.lora_B.normal_()
+    model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), lora, nn.PReLU(), nn.Linear(5, 2))
+    with torch.no_grad():
+        model[1].weight.normal_()
+        model[1].bias.normal_()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = {"proj.w": model[0].weight, "proj.b": model[0].bias, "A": lora.lora_A, "B": lora.lora_B,
+              "norm.w": model[1].weight, "norm.b": model[1].bias}
+    for p in params.values():
+        p.requires_grad_(True)
+    x = torch.randn(3, 7, 4)
+    mask = torch.ones(3, 7)
+    mask[0, 5:] = 0  # a padded sample: no loss on its tail
+
+    def loss(xs, ms):
+        return (model(xs).pow(2).sum(-1) * ms).sum()
+
+    tracker = PerSampleSquares(model, params)
+    assert tracker.covered
+    got = tracker.run(lambda: loss(x, mask), 3)
+    expected = {n: torch.zeros_like(p) for n, p in params.items()}
+    for i in range(3):
+        model.zero_grad(set_to_none=True)
+        loss(x[i: i + 1], mask[i: i + 1]).backward()
+        for n, p in params.items():
+            expected[n] += p.grad ** 2
+    assert got is not None and set(got) == set(params)
+    for n in params:
+        assert torch.allclose(got[n], expected[n], rtol=1e-5, atol=1e-7), n
+    # a trainable tensor of a layer type the hooks do not know: not covered
+    assert not PerSampleSquares(model, {**params, "prelu": model[3].weight}).covered
+    # inputs not laid out as (samples, tokens, features): no answer, the caller goes one by one
+    assert tracker.run(lambda: model(x[0]).pow(2).sum(), 7) is None
+
+
+def test_per_sample_squares_split_flattened_patches_by_image_grid():
+    """Qwen2-VL's merger sees every image's patches flattened, merged k = 4 at a time: the rows
+    are split by `image_grid_thw`."""
+    from strcvit_bench.adapters.per_sample import PerSampleSquares
+
+    torch.manual_seed(0)
+
+    class Merger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.fc = nn.LayerNorm(3), nn.Linear(12, 2)
+
+        def forward(self, patches, image_grid_thw):
+            return self.fc(self.norm(patches).view(-1, 12))
+
+    model = Merger()
+    params = dict(model.named_parameters())
+    grid = torch.tensor([[1, 2, 2], [1, 2, 4], [1, 4, 2]])  # 4, 8 and 8 patches: 1, 2 and 2 merged rows
+    patches = torch.randn(20, 3)
+    got = PerSampleSquares(model, params).run(lambda: model(patches, image_grid_thw=grid).pow(2).sum(), 3)
+    expected = {n: torch.zeros_like(p) for n, p in params.items()}
+    for part, thw in zip(patches.split([4, 8, 8]), grid, strict=True):
+        model.zero_grad(set_to_none=True)
+        model(part, image_grid_thw=thw[None]).pow(2).sum().backward()
+        for n, p in params.items():
+            expected[n] += p.grad ** 2
+    assert got is not None
+    for n in params:
+        assert torch.allclose(got[n], expected[n], rtol=1e-5, atol=1e-7), n
+    bad = torch.tensor([[1, 2, 2], [1, 2, 4], [1, 2, 2]])  # shares that do not add up: no answer
+    assert PerSampleSquares(model, params).run(lambda: model(patches, image_grid_thw=bad).pow(2).sum(), 3) is None
+
+
+def test_ewc_fisher_batched_equals_one_sample_per_pass_on_the_tiny_model(tiny_stream):
+    from strcvit_bench.adapters import per_sample
+    from strcvit_bench.streams.stream import open_stream
+    from strcvit_bench.training import setup
+    from strcvit_bench.training.config import RunConfig
+    from strcvit_bench.training.rows import RowStore
+
+    stream = open_stream(tiny_stream)
+    cfg = RunConfig(stream=str(tiny_stream), method="ewc", method_options={"fisher_samples": 20},
+                    pretrain_samples=1024)
+    bundle, method, params = setup.build(cfg, stream)
+    with torch.no_grad():  # B ≠ 0, so A's gradient is not zero
+        for n, p in params.items():
+            if "lora_B" in n:
+                p.normal_(std=0.1)
+    rows = RowStore(stream, hide_task=True).chunk(0)
+    calls = []
+    original = per_sample.PerSampleSquares.run
+    per_sample.PerSampleSquares.run = lambda self, fn, n: calls.append(n) or original(self, fn, n)
+    try:
+        batched = method.estimate_fisher(0, rows)
+    finally:
+        per_sample.PerSampleSquares.run = original
+    assert calls == [16, 4]  # the batched path was taken: 20 samples in two passes
+    looped = method.estimate_fisher(0, rows, batched=False)
+    assert set(batched) == set(looped) == set(params)
+    for n in params:
+        assert torch.allclose(batched[n], looped[n], rtol=1e-4, atol=1e-9), n
+    assert all(v.abs().sum() > 0 for v in batched.values())
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_ewc_fisher_batched_on_hf_families(tmp_path, tiny_stream, family):
+    """On a real family's layout (Qwen2-VL's flattened merger, Llava's projector) the batched
+    Fisher is the one-sample-per-pass Fisher, and the batched path is the one taken."""
+    from strcvit_bench.adapters import per_sample
+    from strcvit_bench.models.hf import load_hf
+    from strcvit_bench.streams.stream import open_stream
+    from strcvit_bench.training.rows import RowStore
+
+    from .hf_families import FAMILIES
+
+    bundle = load_hf(str(FAMILIES[family](tmp_path / family)), dtype="float32")
+    stream = open_stream(tiny_stream)
+    ctx = MethodContext(bundle=bundle, seed=0, num_chunks=3, chunk_size=24, task_ids_visible=False,
+                        lookup_rows=lambda ids: [])
+    method = EWC(EWCOptions(fisher_samples=6), ctx)
+    params = method.setup()
+    with torch.no_grad():
+        for n, p in params.items():
+            if "lora_B" in n:
+                p.normal_(std=0.1)
+    rows = RowStore(stream, hide_task=True).chunk(0)
+    answers = []
+    original = per_sample.PerSampleSquares.run
+    per_sample.PerSampleSquares.run = lambda self, fn, n: answers.append(r := original(self, fn, n)) or r
+    try:
+        batched = method.estimate_fisher(0, rows)
+    finally:
+        per_sample.PerSampleSquares.run = original
+    assert len(answers) == 1 and answers[0] is not None
+    looped = method.estimate_fisher(0, rows, batched=False)
+    assert any("merger" in n or "projector" in n for n in params)
+    for n in params:
+        assert torch.allclose(batched[n], looped[n], rtol=1e-4, atol=1e-10), n

@@ -21,6 +21,10 @@ class Family:
     name: str
     model_types: tuple[str, ...]
     projector: str  # regex of the projector module's last name part(s), e.g. `visual\.merger`
+    # regex of the frozen vision tower's last name part(s), when it is a module of its own whose
+    # output feeds the projector ("" when the projector is inside it, as in Qwen2-VL's `visual`):
+    # evaluation reuses its output for the same test images (evaluation/reuse.py)
+    vision_tower: str = ""
 
     def projector_module(self) -> str:
         """Full-name regex of the projector module (its input is the frozen image view)."""
@@ -28,13 +32,14 @@ class Family:
 
 
 FAMILIES: Registry[Family] = Registry("model family", entry_point_group="strcvit_bench.model_families")
-FAMILIES.register("llava", Family("llava", ("llava", "llava_next"), "multi_modal_projector"))  # and the tiny default
-FAMILIES.register("idefics3", Family("idefics3", ("idefics3", "smolvlm"), "connector"))
+FAMILIES.register("llava", Family("llava", ("llava", "llava_next"), "multi_modal_projector",  # and the tiny default
+                                  "vision_tower"))
+FAMILIES.register("idefics3", Family("idefics3", ("idefics3", "smolvlm"), "connector", "vision_model"))
 FAMILIES.register("qwen2_vl", Family("qwen2_vl", ("qwen2_vl",), r"visual\.merger"))
 FAMILIES.register("qwen2_5_vl", Family("qwen2_5_vl", ("qwen2_5_vl",), r"visual\.merger"))
 # the StrCVIT paper's base models: InternVL3.5 (transformers' -HF format) and Gemma 3
-FAMILIES.register("internvl", Family("internvl", ("internvl",), "multi_modal_projector"))
-FAMILIES.register("gemma3", Family("gemma3", ("gemma3",), "multi_modal_projector"))
+FAMILIES.register("internvl", Family("internvl", ("internvl",), "multi_modal_projector", "vision_tower"))
+FAMILIES.register("gemma3", Family("gemma3", ("gemma3",), "multi_modal_projector", "vision_tower"))
 
 
 def family_of(model_type: str) -> Family:

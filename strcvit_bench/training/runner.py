@@ -25,6 +25,7 @@ from strcvit_bench.errors import StrcvitError
 from strcvit_bench.evaluation.authors import task_metric
 from strcvit_bench.evaluation.evaluator import generate_answers, score_task
 from strcvit_bench.evaluation.metrics import all_metrics, first_seen_from_counts
+from strcvit_bench.evaluation.reuse import EvalReuse
 from strcvit_bench.evaluation.uncertainty import bootstrap_run
 from strcvit_bench.io import atomic_write_json, atomic_write_text
 from strcvit_bench.methods.registry import get_method, method_label, parse_options
@@ -113,6 +114,7 @@ class Run:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / "run_config.json", cfg.model_dump())
         self.method, self.bundle = method, bundle
+        self._reuse = EvalReuse(bundle)  # every evaluation scores the same test batches
         tasks = stream.manifest["tasks"]
         tests = {t["name"]: stream.read_test(t["name"]).to_pylist()[: cfg.eval_limit] for t in tasks}
         self._tests = tests
@@ -162,7 +164,7 @@ class Run:
             rows = tests[task["name"]]
             method.routing_reset()
             mine = generate_answers(self.bundle, par.shard(rows), self.config.eval_batch_size, method.before_forward,
-                                    self.config.precision)
+                                    self.config.precision, self._reuse)
             preds = par.unshard(mine, len(rows))  # every rank scored its share; all get all, in order
             summary = method.routing_summary()
             if summary is not None:
