@@ -1,9 +1,10 @@
 """Online EWC (Schwarz et al. 2018) over the trainable (adapter + projector) parameters.
 
 After each chunk: the diagonal empirical Fisher F = E[(∂ log p(y|x) / ∂θ)²], estimated from
-per-sample gradients (batch size 1, so the square is of one sample's gradient, not of a batch
-mean) of the answer's log-likelihood on a sample of the chunk; F_acc ← γ F_acc + F; θ* = the
-parameters after the chunk. Training on later chunks adds (λ/2) Σ F_acc (θ − θ*)².
+per-sample gradients (the square is of each sample's own gradient, not of a batch mean; they
+are recovered 16 samples a pass, adapters/per_sample.py) of the answer's log-likelihood on a
+sample of the chunk; F_acc ← γ F_acc + F; θ* = the parameters after the chunk. Training on
+later chunks adds (λ/2) Σ F_acc (θ − θ*)².
 
 `variant=authors` reproduces the StrCVIT authors' EWC instead (docs/methods.md): Fisher
 initialised to ones and reset at every chunk, updated after every step with F += g²/step,
