@@ -206,8 +206,29 @@ def test_per_sample_squares_split_flattened_patches_by_image_grid():
     assert PerSampleSquares(model, params).run(lambda: model(patches, image_grid_thw=bad).pow(2).sum(), 3) is None
 
 
-def test_ewc_fisher_batched_equals_one_sample_per_pass_on_the_tiny_model(tiny_stream):
+def _fisher_both_ways(method, params, rows, monkeypatch, atol: float) -> list[tuple[int, bool]]:
+    """EWC's Fisher batched equals its Fisher one sample a pass (B ≠ 0, so A's gradient is not
+    zero); the batched passes taken: (samples, answered)."""
     from strcvit_bench.adapters import per_sample
+
+    with torch.no_grad():
+        for n, p in params.items():
+            if "lora_B" in n:
+                p.normal_(std=0.1)
+    passes: list[tuple[int, bool]] = []
+    run = per_sample.PerSampleSquares.run
+    monkeypatch.setattr(per_sample.PerSampleSquares, "run",
+                        lambda self, fn, n: (r := run(self, fn, n), passes.append((n, r is not None)))[0])
+    batched = method.estimate_fisher(0, rows)
+    looped = method.estimate_fisher(0, rows, batched=False)
+    assert set(batched) == set(looped) == set(params)
+    for n in params:
+        assert torch.allclose(batched[n], looped[n], rtol=1e-4, atol=atol), n
+    assert all(v.abs().sum() > 0 for v in batched.values())
+    return passes
+
+
+def test_ewc_fisher_batched_equals_one_sample_per_pass_on_the_tiny_model(tiny_stream, monkeypatch):
     from strcvit_bench.streams.stream import open_stream
     from strcvit_bench.training import setup
     from strcvit_bench.training.config import RunConfig
@@ -216,32 +237,16 @@ def test_ewc_fisher_batched_equals_one_sample_per_pass_on_the_tiny_model(tiny_st
     stream = open_stream(tiny_stream)
     cfg = RunConfig(stream=str(tiny_stream), method="ewc", method_options={"fisher_samples": 20},
                     pretrain_samples=1024)
-    bundle, method, params = setup.build(cfg, stream)
-    with torch.no_grad():  # B ≠ 0, so A's gradient is not zero
-        for n, p in params.items():
-            if "lora_B" in n:
-                p.normal_(std=0.1)
+    _, method, params = setup.build(cfg, stream)
     rows = RowStore(stream, hide_task=True).chunk(0)
-    calls = []
-    original = per_sample.PerSampleSquares.run
-    per_sample.PerSampleSquares.run = lambda self, fn, n: calls.append(n) or original(self, fn, n)
-    try:
-        batched = method.estimate_fisher(0, rows)
-    finally:
-        per_sample.PerSampleSquares.run = original
-    assert calls == [16, 4]  # the batched path was taken: 20 samples in two passes
-    looped = method.estimate_fisher(0, rows, batched=False)
-    assert set(batched) == set(looped) == set(params)
-    for n in params:
-        assert torch.allclose(batched[n], looped[n], rtol=1e-4, atol=1e-9), n
-    assert all(v.abs().sum() > 0 for v in batched.values())
+    # the batched path was taken: 20 samples in two passes
+    assert _fisher_both_ways(method, params, rows, monkeypatch, atol=1e-9) == [(16, True), (4, True)]
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
-def test_ewc_fisher_batched_on_hf_families(tmp_path, tiny_stream, family):
+def test_ewc_fisher_batched_on_hf_families(tmp_path, tiny_stream, monkeypatch, family):
     """On a real family's layout (Qwen2-VL's flattened merger, Llava's projector) the batched
     Fisher is the one-sample-per-pass Fisher, and the batched path is the one taken."""
-    from strcvit_bench.adapters import per_sample
     from strcvit_bench.models.hf import load_hf
     from strcvit_bench.streams.stream import open_stream
     from strcvit_bench.training.rows import RowStore
@@ -249,25 +254,10 @@ def test_ewc_fisher_batched_on_hf_families(tmp_path, tiny_stream, family):
     from .hf_families import FAMILIES
 
     bundle = load_hf(str(FAMILIES[family](tmp_path / family)), dtype="float32")
-    stream = open_stream(tiny_stream)
     ctx = MethodContext(bundle=bundle, seed=0, num_chunks=3, chunk_size=24, task_ids_visible=False,
                         lookup_rows=lambda ids: [])
     method = EWC(EWCOptions(fisher_samples=6), ctx)
     params = method.setup()
-    with torch.no_grad():
-        for n, p in params.items():
-            if "lora_B" in n:
-                p.normal_(std=0.1)
-    rows = RowStore(stream, hide_task=True).chunk(0)
-    answers = []
-    original = per_sample.PerSampleSquares.run
-    per_sample.PerSampleSquares.run = lambda self, fn, n: answers.append(r := original(self, fn, n)) or r
-    try:
-        batched = method.estimate_fisher(0, rows)
-    finally:
-        per_sample.PerSampleSquares.run = original
-    assert len(answers) == 1 and answers[0] is not None
-    looped = method.estimate_fisher(0, rows, batched=False)
     assert any("merger" in n or "projector" in n for n in params)
-    for n in params:
-        assert torch.allclose(batched[n], looped[n], rtol=1e-4, atol=1e-10), n
+    rows = RowStore(open_stream(tiny_stream), hide_task=True).chunk(0)
+    assert _fisher_both_ways(method, params, rows, monkeypatch, atol=1e-10) == [(6, True)]

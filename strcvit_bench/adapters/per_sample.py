@@ -13,8 +13,8 @@ A LayerNorm's scale and shift are the same kind of sum: Σ_t g_t ⊙ x̂_t and �
 It covers `LoRALinear` adapters, `nn.Linear` and `nn.LayerNorm` layers whose input is (samples,
 tokens, features) — the language model's layers, Llava's projector — or all patches of the
 batch flattened (patches, features) with `image_grid_thw` saying each image's share (Qwen2-VL's
-merger, whose rows are each image's patches, merged k at a time). A parameter anywhere else
-(another layer type, a layer called twice) makes `covered` false, and an input it cannot split
+merger, whose rows are each image's patches, merged k at a time). A parameter of another layer
+type makes `covered` false, and an input it cannot split (or a layer called twice in a pass)
 makes `run` return None: the caller then goes one sample per pass.
 """
 
