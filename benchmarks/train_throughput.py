@@ -18,9 +18,10 @@ built from a config (random weights, nothing downloaded) with Qwen2-VL-2B's lang
 the 2B's width (1280) and 64 image tokens a sample (224 px), loaded through the real Hugging
 Face path (processor, chat template) and trained by the real runner's `train_chunk` on the
 first `--rows` rows of the chunk (EWC's Fisher, per-chunk work, on the same share of its 128
-samples: 6 for 48 of the chunk's 1,000 rows). The vocabulary is the stream's words (a word-level tokenizer),
-not Qwen's 151,936 tokens: the frozen output layer is small, so the base's share of a step is
-understated and the methods' ratios to LoRA are, if anything, overstated.
+samples: 6 for 48 of the chunk's 1,000 rows). The vocabulary is the stream's words (a
+word-level tokenizer), not Qwen's 151,936 tokens: the frozen output layer is small, so the
+base's share of a step is understated and the methods' ratios to LoRA are, if anything,
+overstated.
 
     python benchmarks/train_throughput.py [--stream DIR] [--rounds 3] [--json out.json]
     python benchmarks/train_throughput.py --arch qwen2vl-2b-width --layers 2 --rows 48 --rounds 2
@@ -199,7 +200,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = save_wide_qwen2_vl(stream, Path(tmp) / "model", args.layers) if wide else None
         rows = method_throughput(stream, names, 2, args.batch_size, args.rounds, model_path, limit)
-    n = min(stream.manifest["chunks"][2]["size"], limit or 10**9)
+    size = stream.manifest["chunks"][2]["size"]
+    n = min(size, limit) if limit else size
     arch = f"{args.arch}, {args.layers} layers" if wide else "tiny"
     print(f"training chunk 2 of {stream.name} ({n} rows, batch {args.batch_size}) on {arch}, "
           f"{torch.get_num_threads()} threads, median of {args.rounds} round-robin rounds")
