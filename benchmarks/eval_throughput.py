@@ -8,8 +8,12 @@
    alternating, and the evaluations after the first are compared (median samples/s), with
    every prediction checked identical. StrLoRA is included because it routes on the image view
    tapped at the projector's input, which must be unchanged.
+3. StrLoRA's router bank while generating: its stage 1 and stage-2 maps depend on the prompt's
+   instruction only, so the bank computes them once a batch for all layers, where each layer
+   computed its own at the prompt and again at every decoding step. Both ways, alternating,
+   identical predictions required.
 
-    python benchmarks/eval_throughput.py [--stream DIR] [--limit 50] [--evals 4] [--json out.json]
+    python benchmarks/eval_throughput.py [--stream DIR] [--limit 50] [--evals 4] [--parts 1,2,3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from strcvit_bench.methods import MethodContext  # noqa: E402
 from strcvit_bench.methods.registry import get_method, parse_options  # noqa: E402
 from strcvit_bench.models.tiny import load_tiny  # noqa: E402
 from strcvit_bench.streams.stream import open_stream  # noqa: E402
+from strcvit_bench.strlora import StrLoRA  # noqa: E402
+from strcvit_bench.strlora.layer import RouterBank, StrLoRALinear  # noqa: E402
 from strcvit_bench.training.setup import stream_texts  # noqa: E402
 
 
@@ -38,16 +44,41 @@ def main() -> None:
     ap.add_argument("--stream", type=Path, default=ROOT / "runs" / "demo" / "stream")
     ap.add_argument("--limit", type=int, default=50, help="test rows per task")
     ap.add_argument("--evals", type=int, default=4, help="evaluations per method and mode (part 2)")
+    ap.add_argument("--parts", default="1,2,3", help="which parts to run (comma-separated)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    parts = {int(p) for p in args.parts.split(",")}
     stream = open_stream(args.stream)
     bundle = load_tiny(stream_texts(stream))
     ctx = MethodContext(bundle=bundle, seed=0, num_chunks=stream.num_chunks, chunk_size=1, task_ids_visible=False,
                         lookup_rows=lambda ids: [])
+    out: dict = {}
+    if 1 in parts:
+        out.update(batched_vs_one_by_one(stream, bundle, ctx, args.limit))
+    if 2 in parts:
+        reuse = [reuse_vs_fresh(stream, bundle, name, args.limit, args.evals) for name in ("lora", "strlora")]
+        print(f"\nscoring the same {reuse[0]['rows']} rows {args.evals} times (as after each chunk of a run), "
+              f"batch 64; evaluations after the first, median")
+        print(f"{'method':<9}{'fresh smp/s':>12}{'reuse smp/s':>12}{'ratio':>7}{'identical':>11}{'kept MiB':>10}")
+        for r in reuse:
+            print(f"{r['method']:<9}{r['fresh_samples_per_s']:>12.1f}{r['reuse_samples_per_s']:>12.1f}"
+                  f"{r['ratio']:>7.2f}{r['identical']:>11}{r['kept_mib']:>10.1f}")
+        out["reuse"] = reuse
+    if 3 in parts:
+        r = strlora_bank(stream, bundle, args.limit, args.evals)
+        print(f"\nStrLoRA scoring {r['rows']} rows {args.evals} times each way, batch 64, alternating, median: "
+              f"routers layer by layer {r['per_layer_samples_per_s']:.1f} samples/s, bank "
+              f"{r['bank_samples_per_s']:.1f}: {r['ratio']:.2f}x; identical predictions: {r['identical']}")
+        out["strlora_bank"] = r
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+def batched_vs_one_by_one(stream, bundle, ctx, limit: int) -> dict:
     cls = get_method("lora")
     method = cls(parse_options(cls, {}), ctx)
     method.setup()
-    rows = [r for t in stream.task_names for r in stream.read_test(t).to_pylist()[: args.limit]]
+    rows = [r for t in stream.task_names for r in stream.read_test(t).to_pylist()[:limit]]
     results = {}
     answers = {}
     for bs in (64, 1):
@@ -63,16 +94,39 @@ def main() -> None:
         print(f"{r['batch_size']:>6}{r['seconds']:>10.2f}{r['samples_per_s']:>11.1f}")
     print(f"batched / one-by-one speed-up: {results[64]['samples_per_s'] / results[1]['samples_per_s']:.1f}x; "
           f"identical answers: {same}/{len(rows)}")
-    reuse = [reuse_vs_fresh(stream, bundle, name, args.limit, args.evals) for name in ("lora", "strlora")]
-    print(f"\nscoring the same {reuse[0]['rows']} rows {args.evals} times (as after each chunk of a run), batch 64; "
-          f"evaluations after the first, median")
-    print(f"{'method':<9}{'fresh smp/s':>12}{'reuse smp/s':>12}{'ratio':>7}{'identical':>11}{'kept MiB':>10}")
-    for r in reuse:
-        print(f"{r['method']:<9}{r['fresh_samples_per_s']:>12.1f}{r['reuse_samples_per_s']:>12.1f}{r['ratio']:>7.2f}"
-              f"{r['identical']:>11}{r['kept_mib']:>10.1f}")
-    if args.json:
-        args.json.write_text(json.dumps({"runs": list(results.values()), "identical_answers": same, "reuse": reuse},
-                                        indent=2))
+    return {"runs": list(results.values()), "identical_answers": same}
+
+
+def strlora_bank(stream, bundle, limit: int, evals: int) -> dict:
+    """StrLoRA's test rows scored with each layer routing on its own (the previous code path)
+    and with the bank, alternating."""
+    ctx = MethodContext(bundle=bundle, seed=0, num_chunks=stream.num_chunks, chunk_size=1, task_ids_visible=False,
+                        lookup_rows=lambda ids: [])
+    bundle.model = type(bundle.model).from_pretrained(bundle.info["cache"]).eval()
+    cls = get_method("strlora")
+    method = cls(parse_options(cls, {}), ctx)
+    method.setup()
+    tasks = [stream.read_test(t).to_pylist()[:limit] for t in stream.task_names]
+    banked, hook = StrLoRALinear.plan, StrLoRA._decide_routing
+    per_layer = lambda self: RouterBank([self]).plans(self.instruction())[0]  # noqa: E731
+    seconds: dict[str, list[float]] = {"per_layer": [], "bank": []}
+    answers: dict[str, list[list[str]]] = {"per_layer": [], "bank": []}
+    try:
+        for _ in range(evals):
+            for mode, plan in (("per_layer", per_layer), ("bank", banked)):
+                StrLoRALinear.plan = plan
+                StrLoRA._decide_routing = hook if mode == "bank" else (lambda self, module, args: None)
+                start = time.perf_counter()
+                got = [a for rows in tasks for a in generate_answers(bundle, rows, 64, method.before_forward)]
+                seconds[mode].append(time.perf_counter() - start)
+                answers[mode].append(got)
+    finally:
+        StrLoRALinear.plan, StrLoRA._decide_routing = banked, hook
+    n = sum(len(rows) for rows in tasks)
+    median = {m: statistics.median(s) for m, s in seconds.items()}
+    return {"rows": n, "evals": evals, "per_layer_samples_per_s": n / median["per_layer"],
+            "bank_samples_per_s": n / median["bank"], "ratio": median["per_layer"] / median["bank"],
+            "identical": all(a == answers["bank"][0] for m in answers for a in answers[m])}
 
 
 def reuse_vs_fresh(stream, bundle, name: str, limit: int, evals: int) -> dict:

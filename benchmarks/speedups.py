@@ -17,6 +17,17 @@ time is the tiny model's own arithmetic, spent where the slowest method of the m
 - SMoLoRA (1.70 LoRA steps): its layer computed both selected experts' full outputs (two
   d_out-wide products a token), a head on each and their mix. Heads and mix are linear in B,
   so they are now taken in rank space: one d_out-wide product a token, as LoRA's.
+- StrLoRA again (1.5–1.7 LoRA steps): each of its 28 layers computed its own stage 1 and
+  stage-2 maps (and the teacher's), some fifty small ops a layer forward and backward, though
+  they depend on the batch's instruction representation and the router weights only. A
+  `RouterBank` now computes them for all layers at once, the weights stacked by input width,
+  once per batch; the EMA update runs as two foreach kernels.
+- EWC at the 2B width (1.48 LoRA steps): its penalty (λ/2) Σ F (θ − θ*)² covers the 34.7 M
+  trained parameters, and autograd through it made and kept six full-size tensors a step. The
+  penalty now makes its gradient λ F (θ − θ*) in its forward pass (bit for bit autograd's);
+  `--arch qwen2vl-2b-width` measures it where it matters. Its Fisher made every sample's
+  gradient of the merger at once (16 × 34 M floats a pass) before squaring them: they are now
+  squared and summed one sample at a time, the same sum bit for bit.
 - EWC (1.41 LoRA steps): after each chunk, its Fisher took one forward and backward per sample
   (128 of them, a fifth of the chunk's time). It now takes 16 samples a pass, each sample's
   squared gradient recovered from the layer's input and output gradient
@@ -31,6 +42,7 @@ optimiser change must be the same algorithm: checked as the chunk's training los
 after.
 
     python benchmarks/speedups.py [--stream DIR] [--repeats 2] [--only TEXT] [--json out.json]
+    python benchmarks/speedups.py --arch qwen2vl-2b-width --layers 2 --only "ewc penalty"
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,14 +62,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.train_throughput import save_wide_qwen2_vl  # noqa: E402
+from strcvit_bench.adapters import per_sample  # noqa: E402
 from strcvit_bench.adapters.lora import LoRALinear  # noqa: E402
 from strcvit_bench.adapters.routing import one_hot_argmax  # noqa: E402
 from strcvit_bench.baselines import ewc  # noqa: E402
 from strcvit_bench.baselines.branchlora import BranchLoRALinear  # noqa: E402
 from strcvit_bench.baselines.smolora import SMoLoRALinear  # noqa: E402
 from strcvit_bench.streams.stream import open_stream  # noqa: E402
-from strcvit_bench.strlora import routing  # noqa: E402
-from strcvit_bench.strlora.layer import StrLoRALinear  # noqa: E402
+from strcvit_bench.strlora import StrLoRA, routing  # noqa: E402
+from strcvit_bench.strlora.layer import RouterBank, StrLoRALinear  # noqa: E402
 from strcvit_bench.training import setup, trainer  # noqa: E402
 from strcvit_bench.training.config import RunConfig  # noqa: E402
 from strcvit_bench.training.rows import RowStore  # noqa: E402
@@ -129,6 +144,19 @@ def strlora_query_first_forward(self, x):
     return self.base(x) + self.expert_delta(x, weights.to(x.dtype))
 
 
+def strlora_plan_per_layer(self):
+    """StrLoRA's input-independent routing before the change: each layer its own."""
+    return RouterBank([self]).plans(self.instruction())[0]
+
+
+def strlora_no_bank_hook(self, module, args):
+    """Before the change nothing decided the routing ahead of the layers."""
+
+
+# what else a previous implementation needs replaced: (owner, attr) -> (owner, attr, value)
+ALSO = {(StrLoRALinear, "plan"): (StrLoRA, "_decide_routing", strlora_no_bank_hook)}
+
+
 def unfused_adamw(params, lr, weight_decay):
     """The optimiser before the change: torch's default AdamW, a loop of small ops per tensor on CPU."""
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -151,6 +179,19 @@ def smolora_written_out_forward(self, x):
 _estimate_fisher = ewc.EWC.estimate_fisher
 
 
+def ewc_penalty_written_out(params, anchor, fisher, lam):
+    """EWC's penalty before the change: autograd through (λ/2) Σ F (θ − θ*)²."""
+    total = torch.zeros(())
+    for name, p in params.items():
+        total = total + (fisher[name] * (p - anchor[name]) ** 2).sum()
+    return 0.5 * lam * total
+
+
+def projector_squares_all_samples_at_once(module, x, g, keys):
+    """EWC's Fisher squares before the change: every sample's gradient made at once, then squared."""
+    return {k: (v ** 2).sum(0) for k, v in per_sample._sample_grads(module, x, g).items() if k in keys}
+
+
 def ewc_fisher_one_sample_per_pass(self, index, rows):
     """EWC's Fisher before the change: one forward and backward per sample."""
     return _estimate_fisher(self, index, rows, batched=False)
@@ -163,10 +204,14 @@ CHANGES = {
     "lora layer: scale on the rank side": ("lora", LoRALinear, "forward", lora_scale_on_output_forward),
     "strlora stage 2: folded map, routing+KL fused": ("strlora", StrLoRALinear, "forward",
                                                       strlora_query_first_forward),
+    "strlora routers: all layers at once": ("strlora", StrLoRALinear, "plan", strlora_plan_per_layer),
     "adamw fused (strlora's 168 tensors)": ("strlora", trainer, "make_optimizer", unfused_adamw),
     "smolora layer: heads and mix in rank space": ("smolora", SMoLoRALinear, "forward",
                                                    smolora_written_out_forward),
     "ewc fisher: 16 samples a pass": ("ewc", ewc.EWC, "estimate_fisher", ewc_fisher_one_sample_per_pass),
+    "ewc penalty: its gradient in the forward pass": ("ewc", ewc, "ewc_penalty", ewc_penalty_written_out),
+    "ewc fisher: linear squares sample by sample": ("ewc", per_sample, "_square_sums",
+                                                    projector_squares_all_samples_at_once),
 }
 
 
@@ -183,33 +228,43 @@ def patched(owner, attr: str, value):
         setattr(owner, attr, original)
 
 
-def train_once(stream, store, method: str, chunk: int, owner, attr: str, value) -> dict:
+def train_once(stream, store, method: str, chunk: int, owner, attr: str, value, model: Path | None = None,
+               rows: int | None = None) -> dict:
     """Seconds to train the chunk (for EWC, with its Fisher after the chunk) and its mean training
     loss; for a forward, also one batch's loss on the trained weights under the previous forward
-    and under the current one; for EWC, the first chunk's Fisher (at the same weights either way)."""
-    cfg = RunConfig(stream=str(stream.path), method=method)
+    and under the current one; for EWC, the first chunk's Fisher (at the same weights either way).
+    With `model` (a saved Hugging Face model) and `rows`, the chunks' first `rows` rows on it (EWC's
+    Fisher on the same share of its samples)."""
+    extra: dict = {}
+    if model is not None:
+        extra = {"model": str(model), "dtype": "float32", "batch_size": 8}
+    if method == "ewc" and rows is not None:
+        share = round(ewc.EWCOptions().fisher_samples * rows / int(stream.manifest["chunk_size"]))
+        extra["method_options"] = {"fisher_samples": max(1, share)}
+    cfg = RunConfig(stream=str(stream.path), method=method, **extra)
     bundle, m, params = setup.build(cfg, stream, store.lookup)
-    with patched(owner, attr, value):
+    first, this = store.chunk(0)[:rows], store.chunk(chunk)[:rows]
+    also = ALSO.get((owner, attr), (owner, attr, None)) if value is not None else (owner, attr, None)
+    with patched(owner, attr, value), patched(*also):
         if method == "branchlora":  # mid-stream: routers and frozen branches from a first chunk
-            train_chunk(bundle, m, params, 0, store.chunk(0), cfg)
+            train_chunk(bundle, m, params, 0, first, cfg)
         if method == "ewc":  # a penalty in force, as from the second chunk on
-            m.after_chunk(0, store.chunk(0))
+            m.after_chunk(0, first)
             fisher = torch.cat([f.flatten() for f in m.fisher.values()])  # at the same weights either way
         start = time.perf_counter()
-        record = train_chunk(bundle, m, params, chunk, store.chunk(chunk), cfg)
+        record = train_chunk(bundle, m, params, chunk, this, cfg)
         if method == "ewc":
-            m.after_chunk(chunk, store.chunk(chunk))
+            m.after_chunk(chunk, this)
         seconds = time.perf_counter() - start
     out = {"seconds": seconds, "train_loss": record["train_loss"]}
     if method == "ewc":
         out["fisher"] = fisher
-    if attr == "forward":
-        rows = store.chunk(chunk)[:16]
+    if attr in ("forward", "plan"):
         with torch.no_grad():
             losses = []
             for previous in (True, False):
                 with patched(owner, attr, value if previous else None):
-                    losses.append(float(m.batch_loss(rows)))
+                    losses.append(float(m.batch_loss(this[:16])))
         out["forward_loss_diff"] = abs(losses[0] - losses[1])
     return out
 
@@ -220,36 +275,26 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--only", default="", help="run only the changes whose label contains this text")
+    ap.add_argument("--arch", choices=["tiny", "qwen2vl-2b-width"], default="tiny",
+                    help="the demo model, or a Qwen2-VL at the 2B width (train_throughput.py's)")
+    ap.add_argument("--layers", type=int, default=2, help="decoder layers of the wide architecture")
+    ap.add_argument("--rows", type=int, help="train on the chunks' first ROWS rows (default: all; 48 when wide)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    wide = args.arch != "tiny"
+    rows = args.rows or (48 if wide else None)
     stream = open_stream(args.stream)
     store = RowStore(stream, hide_task=True)
     store.remember(args.chunk)
     out = []
-    for label, (method, owner, attr, before) in CHANGES.items():
-        if args.only not in label:
-            continue
-        runs: dict[str, list[dict]] = {"before": [], "after": []}
-        for _ in range(args.repeats):
-            for which, value in (("before", before), ("after", None)):
-                runs[which].append(train_once(stream, store, method, args.chunk, owner, attr, value))
-        median = {w: statistics.median(r["seconds"] for r in rs) for w, rs in runs.items()}
-        if attr == "forward":  # the same function: one batch, trained weights, either forward
-            check = max(r["forward_loss_diff"] for rs in runs.values() for r in rs)
-            check_kind = "|Δ loss|, same weights, either forward"
-        elif attr == "estimate_fisher":  # the same estimate: the Fisher at the base's weights, before the chunk
-            a, b = runs["before"][0]["fisher"], runs["after"][0]["fisher"]
-            check = float((a - b).norm() / a.norm())
-            check_kind = "relative ||Δ Fisher||, same weights"
-        else:  # the same algorithm: the chunk's training loss, before against after
-            first = runs["before"][0]["train_loss"]
-            check = abs(first - runs["after"][0]["train_loss"]) / first
-            check_kind = "relative |Δ chunk training loss|"
-        out.append({"change": label, "method": method, "before_s": median["before"], "after_s": median["after"],
-                    "ratio": median["before"] / median["after"], "check": check, "check_kind": check_kind,
-                    "runs": args.repeats})
-    n = stream.manifest["chunks"][args.chunk]["size"]
-    print(f"one demo chunk ({n} rows, chunk {args.chunk}), median of {args.repeats} alternating runs, "
+    with tempfile.TemporaryDirectory() as tmp:
+        model = save_wide_qwen2_vl(stream, Path(tmp) / "model", args.layers) if wide else None
+        for label, change in CHANGES.items():
+            if args.only in label:
+                out.append(measure(stream, store, args.chunk, args.repeats, label, *change, model=model, rows=rows))
+    n = len(store.chunk(args.chunk)[:rows])
+    where = f"{args.arch}" + (f", {args.layers} layers" if wide else "")
+    print(f"one demo chunk ({n} rows, chunk {args.chunk}), {where}, median of {args.repeats} alternating runs, "
           f"{torch.get_num_threads()} threads")
     print(f"{'change':<48}{'before s':>10}{'after s':>9}{'before/after':>14}{'check':>10}  check")
     for r in out:
@@ -257,6 +302,30 @@ def main() -> None:
               f"{r['check']:>10.1e}  {r['check_kind']}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
+
+
+def measure(stream, store, chunk: int, repeats: int, label: str, method: str, owner, attr: str, before,
+            model: Path | None, rows: int | None) -> dict:
+    """One change: before and after alternating, `repeats` times each; medians and the check."""
+    runs: dict[str, list[dict]] = {"before": [], "after": []}
+    for _ in range(repeats):
+        for which, value in (("before", before), ("after", None)):
+            runs[which].append(train_once(stream, store, method, chunk, owner, attr, value, model, rows))
+    median = {w: statistics.median(r["seconds"] for r in rs) for w, rs in runs.items()}
+    if attr in ("forward", "plan"):  # the same function: one batch, trained weights, either forward
+        check = max(r["forward_loss_diff"] for rs in runs.values() for r in rs)
+        check_kind = "|Δ loss|, same weights, either forward"
+    elif attr == "estimate_fisher":  # the same estimate: the Fisher at the base's weights, before the chunk
+        a, b = runs["before"][0]["fisher"], runs["after"][0]["fisher"]
+        check = float((a - b).norm() / a.norm())
+        check_kind = "relative ||Δ Fisher||, same weights"
+    else:  # the same algorithm: the chunk's training loss, before against after
+        first = runs["before"][0]["train_loss"]
+        check = abs(first - runs["after"][0]["train_loss"]) / first
+        check_kind = "relative |Δ chunk training loss|"
+    return {"change": label, "method": method, "before_s": median["before"], "after_s": median["after"],
+            "ratio": median["before"] / median["after"], "check": check, "check_kind": check_kind,
+            "runs": repeats, "rows": rows, "model": "tiny" if model is None else "qwen2vl-2b-width"}
 
 
 if __name__ == "__main__":

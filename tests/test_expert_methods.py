@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch import nn
 
+from strcvit_bench.adapters.context import BatchContext
 from strcvit_bench.adapters.routing import topk_gates
 from strcvit_bench.baselines.moelora import MoELoRALinear
 from strcvit_bench.baselines.smolora import SMoLoRALinear
 from strcvit_bench.strlora import routing
-from strcvit_bench.strlora.layer import StrLoRALinear
+from strcvit_bench.strlora.layer import RouterBank, StrLoRALinear
 
 
 def _base(d_in=6, d_out=5, seed=0):
@@ -268,6 +269,82 @@ def test_stability_loss_in_the_layer_only_trains_the_router():
     before = layer.ema_P.clone()
     layer.update_ema(0.5)
     assert torch.allclose(layer.ema_P, 0.5 * before + 0.5 * layer.router_P.detach())
+
+
+def test_ema_update_all_is_ema_update_bit_for_bit():
+    torch.manual_seed(0)
+    avgs, curs = [torch.randn(3, 4), torch.randn(5)], [torch.randn(3, 4), torch.randn(5)]
+    one_by_one = [a.clone() for a in avgs]
+    for a, c in zip(one_by_one, curs, strict=True):
+        routing.ema_update(a, c, 0.999)
+    routing.ema_update_all(avgs, curs, 0.999)
+    assert all(torch.equal(a, b) for a, b in zip(avgs, one_by_one, strict=True))
+
+
+@pytest.mark.parametrize("options", [{}, {"task_select": False}, {"token_weights": False}, {"stage1_grad": False}])
+def test_router_bank_routes_every_layer_as_the_layer_alone(options):
+    """The bank stacks the routers of layers of two input widths; each layer's output, KL and
+    every gradient must be those of the same layer routing on its own."""
+    context = BatchContext()
+    layers = [StrLoRALinear(_base(d_in, 5, seed=i), d_model=8, experts=4, rank_per_expert=2, alpha=8.0, dropout=0.0,
+                            top_k=2, router_dim=4, context=context, **options)
+              for i, d_in in enumerate((6, 7, 6))]
+    for layer in layers:
+        torch.nn.init.normal_(layer.lora_B)
+        layer.train()
+        layer.copy_router_to_teacher()
+        with torch.no_grad():
+            layer.router_P.add_(torch.randn_like(layer.router_P))  # a teacher that differs
+        layer.stability_active = True
+    torch.manual_seed(1)
+    t = torch.randn(3, 8)
+    xs = [torch.randn(3, 5, layer.in_features) for layer in layers]
+    g = torch.randn(3, 5, 5)
+
+    def run(bank):
+        for layer in layers:
+            layer.bank = bank
+            layer.zero_grad(set_to_none=True)
+        context.begin(torch.ones(3, 5), instruction=t)
+        outs = [layer(x) for layer, x in zip(layers, xs, strict=True)]
+        aux = [layer.aux_loss() for layer in layers]
+        total = sum((o * g).sum() for o in outs) + sum(a for a in aux if a is not None)
+        total.backward()
+        grads = [{n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None} for layer in layers]
+        return outs, aux, grads
+
+    alone, banked = run(None), run(RouterBank(layers))
+    for a, b in zip(alone[0], banked[0], strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert [a is None for a in alone[1]] == [b is None for b in banked[1]]
+    for a, b in zip(alone[1], banked[1], strict=True):
+        assert a is None or torch.allclose(a, b, atol=1e-6)
+    for a, b in zip(alone[2], banked[2], strict=True):
+        assert set(a) == set(b) and len(a) >= 2
+        for n in a:
+            assert torch.allclose(a[n], b[n], atol=1e-5), n
+
+
+def test_router_bank_runs_once_per_batch():
+    context = BatchContext()
+    layers = [StrLoRALinear(_base(), d_model=8, experts=4, rank_per_expert=2, alpha=8.0, dropout=0.0, top_k=2,
+                            router_dim=4, context=context) for _ in range(2)]
+    bank = RouterBank(layers)
+    calls = []
+    original = bank.plans
+    bank.plans = lambda t: calls.append(1) or original(t)
+    for layer in layers:
+        layer.bank = bank
+    context.begin(instruction=torch.randn(3, 8))
+    with torch.no_grad():
+        for x in (torch.randn(3, 5, 6), torch.randn(3, 1, 6)):  # a prompt, then a decoding step
+            for layer in layers:
+                layer(x)
+    assert len(calls) == 1
+    context.begin(instruction=torch.randn(3, 8))  # a new batch decides again
+    with torch.no_grad():
+        layers[0](torch.randn(3, 5, 6))
+    assert len(calls) == 2
 
 
 def test_ablations_change_the_routing():

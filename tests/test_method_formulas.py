@@ -51,6 +51,33 @@ def test_ewc_penalty_by_hand():
     assert theta["w"].grad.tolist() == pytest.approx([1.5, -12.0])
 
 
+def test_ewc_penalty_gradient_is_autograds_bit_for_bit():
+    """The penalty makes its gradient in the forward pass; at loss weight 1 it must equal autograd
+    through the written-out (λ/2) Σ F (θ − θ*)² exactly (the runs of the leaderboard rely on it)."""
+    torch.manual_seed(0)
+    shapes = {"a": (7, 5), "b": (300,), "c": (3, 4, 2)}
+    theta = {n: torch.randn(s) for n, s in shapes.items()}
+    anchor = {n: t + 0.1 * torch.randn_like(t) for n, t in theta.items()}
+    fisher = {n: torch.rand_like(t) for n, t in theta.items()}
+
+    def grads(penalty, weight=1.0):
+        ps = {n: t.clone().requires_grad_() for n, t in theta.items()}
+        value = penalty(ps)
+        (value * weight + sum(p.sum() for p in ps.values())).backward()  # with a task term, as in training
+        return value.detach(), {n: p.grad for n, p in ps.items()}
+
+    def written_out(ps):
+        return 0.5 * 1000.0 * sum((fisher[n] * (p - anchor[n]) ** 2).sum() for n, p in ps.items())
+
+    value, fused = grads(lambda ps: ewc_penalty(ps, anchor, fisher, 1000.0))
+    ref_value, ref = grads(written_out)
+    assert value.item() == pytest.approx(ref_value.item(), rel=1e-6)
+    assert all(torch.equal(fused[n], ref[n]) for n in shapes)
+    _, half = grads(lambda ps: ewc_penalty(ps, anchor, fisher, 1000.0), weight=0.5)  # grad_accum's weights
+    _, ref_half = grads(written_out, weight=0.5)
+    assert all(torch.allclose(half[n], ref_half[n], rtol=1e-6) for n in shapes)
+
+
 def test_online_fisher_accumulates_with_decay():
     acc = online_fisher(None, {"w": torch.tensor([1.0, 2.0])}, gamma=0.5)
     acc = online_fisher(acc, {"w": torch.tensor([3.0, 4.0])}, gamma=0.5)
@@ -171,6 +198,21 @@ def test_per_sample_squares_equal_one_backward_per_sample():
     assert not PerSampleSquares(model, {**params, "prelu": model[3].weight}).covered
     # inputs not laid out as (samples, tokens, features): no answer, the caller goes one by one
     assert tracker.run(lambda: model(x[0]).pow(2).sum(), 7) is None
+
+
+def test_a_linear_weights_squares_summed_sample_by_sample_are_the_batched_ones_bit_for_bit():
+    """The projector's squares are summed one sample at a time (memory); the committed EWC runs
+    rely on that being the batched sum exactly."""
+    from strcvit_bench.adapters import per_sample
+
+    torch.manual_seed(0)
+    layer = nn.Linear(24, 40)
+    x, g = torch.randn(6, 9, 24), torch.randn(6, 9, 40)
+    batched = {k: (v ** 2).sum(0) for k, v in per_sample._sample_grads(layer, x, g).items()}
+    looped = per_sample._square_sums(layer, x, g, {"weight", "bias"})
+    assert set(looped) == {"weight", "bias"}
+    assert all(torch.equal(looped[k], batched[k]) for k in batched)
+    assert set(per_sample._square_sums(layer, x, g, {"bias"})) == {"bias"}
 
 
 def test_per_sample_squares_split_flattened_patches_by_image_grid():

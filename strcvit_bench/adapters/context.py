@@ -25,6 +25,7 @@ class BatchContext:
         self.token_mask: torch.Tensor | None = None
         self._values: dict[str, Any] = {}
         self._kept: dict[int, torch.Tensor] = {}
+        self._shared: dict[Any, Any] = {}
 
     def begin(self, token_mask: torch.Tensor | None = None, **values: Any) -> None:
         """A new batch: `token_mask` (B, L) marks its real tokens; `values` are per-sample inputs
@@ -32,10 +33,20 @@ class BatchContext:
         self.token_mask = token_mask
         self._values = dict(values)
         self._kept = {}
+        self._shared = {}
 
     def update(self, **values: Any) -> None:
         """Add inputs learned during the forward (e.g. routing decided on the image view)."""
         self._values.update(values)
+        self._shared = {}
+
+    def shared(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """`compute()` once per batch for all the layers that ask with `key` (the first one asks):
+        what every layer needs from the batch's inputs alone, e.g. all routers evaluated together.
+        The key must name whatever else the value depends on (training mode, grad mode)."""
+        if key not in self._shared:
+            self._shared[key] = compute()
+        return self._shared[key]
 
     def get(self, name: str, default: Any = None) -> Any:
         return self._values.get(name, default)

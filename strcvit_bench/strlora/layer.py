@@ -10,11 +10,18 @@ y_l = W0 x_l + (α/r) Σ_e c_{l,e} B_e A_e drop(x_l), with c_{l,·} the token's 
 When stage 1 is trainable (our default, `stage1_grad`), c_{l,e} is multiplied by g_e / sg(g_e)
 — exactly 1 in the forward pass, but it hands the selected experts' gradient to W_r through the
 straight-through top-k. Without it (the authors' release) W_r only masks and never learns.
+
+Stage 1 and the stage-2 maps depend on the batch's t and the router weights only, never on the
+layer's input, so the method's `RouterBank` computes them for all its layers at once, the
+layers' weights stacked by input width, once per batch: layer by layer they were some fifty small
+ops a layer, forward and backward, the larger part of StrLoRA's extra step time on a small
+model; a generation's decoding steps reuse the prompt's.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -47,6 +54,7 @@ class StrLoRALinear(ExpertLoRA):
         self.top_k = top_k
         self.task_select, self.token_weights, self.stage1_grad, self.tau = task_select, token_weights, stage1_grad, tau
         self.stability_active = False  # set per chunk: the KL is on from chunk 1
+        self.bank: RouterBank | None = None  # set by the method: the routers of all its layers
 
     def instruction(self) -> torch.Tensor:
         """(B, d_model): the batch's instruction representation t, set by the method."""
@@ -54,40 +62,35 @@ class StrLoRALinear(ExpertLoRA):
 
     def select(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stage 1: (gates, hard gates, mask) per sample."""
-        t = self.instruction().to(self.router_Wr.dtype)
-        if not self.task_select:  # ablation: every expert is a candidate
-            mask = torch.ones(t.shape[0], self.experts, dtype=torch.bool, device=t.device)
-            uniform = torch.full(mask.shape, 1.0 / self.experts, device=t.device)
-            return uniform, uniform, mask
-        return routing.stage1(t, self.router_Wr, self.top_k)
+        plan = self.plan()
+        return plan.gates, plan.hard, plan.mask
+
+    def plan(self) -> RoutePlan:
+        """This batch's routing decisions that do not depend on the layer's input: the bank's
+        (computed once for all the method's layers), or this layer's own if it has no bank."""
+        bank = self.bank
+        if bank is None:
+            return RouterBank([self]).plans(self.instruction())[0]
+        key = ("strlora-plans", id(bank), self.training, torch.is_grad_enabled())
+        return self.context.shared(key, lambda: bank.plans(self.instruction()))[bank.index[id(self)]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gates, hard, mask = self.select()
-        t = self.instruction().to(x.dtype)
-        mask3 = mask.unsqueeze(1)                                                  # (B, 1, E)
+        plan = self.plan()
+        mask3 = plan.mask.unsqueeze(1)                                             # (B, 1, E)
         self._aux = None
         if self.token_weights:
-            router_map = routing.stage2_map(t, self.router_Wq, self.router_Wk, self.router_P)  # (B, d_in, E)
-            teacher_map = None
-            if self.stability_active and self.training:
-                with torch.no_grad():
-                    teacher_map = routing.stage2_map(t, self.ema_Wq, self.ema_Wk, self.ema_P)
             # each token's expert (straight-through top-1) and the routing-stability KL in one pass
-            choice, kl = routing.TokenRouting.apply(x, router_map, teacher_map, mask3, self.context.mask_for(x),
-                                                    self.tau)                      # (B, L, E), ()
-            if teacher_map is not None:
+            choice, kl = routing.TokenRouting.apply(x, plan.router_map, plan.teacher_map, mask3,
+                                                    self.context.mask_for(x), self.tau)  # (B, L, E), ()
+            if plan.teacher_map is not None:
                 self._aux = kl  # the routing-stability KL
         else:  # ablation: the stage-1 gates weight every token of the sample
-            choice = gates.unsqueeze(1).expand(x.shape[0], x.shape[1], self.experts)
-        weights = choice
-        if self.token_weights and self.task_select and self.stage1_grad:
-            safe = torch.where(mask, hard, torch.ones_like(hard))
-            factor = torch.where(mask, gates / safe, torch.zeros_like(gates))     # == 1 on the subset
-            weights = choice * factor.unsqueeze(1)
+            choice = plan.gates.unsqueeze(1).expand(x.shape[0], x.shape[1], self.experts)
+        weights = choice if plan.factor is None else choice * plan.factor.unsqueeze(1)
         if self.recording:
             self.record_tokens(weights.detach(), self.context.mask_for(x))
             if x.shape[1] > 1:
-                self.record_selection(mask.float())
+                self.record_selection(plan.mask.float())
         return self.base(x) + self.expert_delta(x, weights.to(x.dtype))
 
     @torch.no_grad()
@@ -101,3 +104,69 @@ class StrLoRALinear(ExpertLoRA):
         routing.ema_update(self.ema_Wq, self.router_Wq, momentum)
         routing.ema_update(self.ema_Wk, self.router_Wk, momentum)
         routing.ema_update(self.ema_P, self.router_P, momentum)
+
+
+@dataclass
+class RoutePlan:
+    """One layer's input-independent routing for a batch: stage 1's (gates, hard, mask) (B, E),
+    the stage-2 maps of the router and of its EMA teacher (B, d_in, E; None when unused), and
+    the factor g_e / sg(g_e) on the selected experts that hands W_r its gradient (None without
+    it)."""
+
+    gates: torch.Tensor
+    hard: torch.Tensor
+    mask: torch.Tensor
+    router_map: torch.Tensor | None
+    teacher_map: torch.Tensor | None
+    factor: torch.Tensor | None
+
+
+class RouterBank:
+    """The routers of a set of StrLoRA layers, evaluated together: their weights stacked (per
+    input width, the maps' shape) and stage 1 and the maps computed in batched products — the same
+    formulas as one layer's, a handful of ops a batch instead of some fifty per layer."""
+
+    def __init__(self, layers: list[StrLoRALinear]):
+        self.layers = layers
+        self.index = {id(layer): i for i, layer in enumerate(layers)}
+        groups: dict[tuple, list[int]] = {}
+        for i, layer in enumerate(layers):
+            w = layer.router_Wq
+            groups.setdefault((w.shape[1], w.dtype, w.device), []).append(i)
+        self.groups = list(groups.values())
+        first = layers[0]
+        self.options = (first.experts, first.top_k, first.task_select, first.token_weights, first.stage1_grad)
+        for layer in layers:  # one method's layers: made with the same options
+            if (layer.experts, layer.top_k, layer.task_select, layer.token_weights, layer.stage1_grad) != self.options:
+                raise ValueError("a RouterBank's layers must share their routing options")
+
+    def plans(self, instruction: torch.Tensor) -> list[RoutePlan]:
+        experts, top_k, task_select, token_weights, stage1_grad = self.options
+        out: list[RoutePlan | None] = [None] * len(self.layers)
+        for group in self.groups:
+            layers = [self.layers[i] for i in group]
+            n, first = len(layers), layers[0]
+            t = instruction.to(first.router_Wr.dtype)
+            if task_select:
+                gates, hard, mask = routing.stage1(t, torch.stack([m.router_Wr for m in layers]), top_k)
+            else:  # ablation: every expert is a candidate
+                mask = torch.ones(n, t.shape[0], experts, dtype=torch.bool, device=t.device)
+                gates = hard = torch.full(mask.shape, 1.0 / experts, device=t.device)
+            maps = teachers = factors = None
+            if token_weights:
+                maps = routing.stage2_maps(t, torch.stack([m.router_Wq for m in layers]),
+                                           torch.stack([m.router_Wk for m in layers]),
+                                           torch.stack([m.router_P for m in layers])).unbind(0)
+                if any(m.stability_active and m.training for m in layers):
+                    with torch.no_grad():
+                        teachers = routing.stage2_maps(t, torch.stack([m.ema_Wq for m in layers]),
+                                                       torch.stack([m.ema_Wk for m in layers]),
+                                                       torch.stack([m.ema_P for m in layers])).unbind(0)
+                if task_select and stage1_grad:
+                    safe = torch.where(mask, hard, torch.ones_like(hard))
+                    factors = torch.where(mask, gates / safe, torch.zeros_like(gates)).unbind(0)  # == 1 on the subset
+            for j, (i, layer) in enumerate(zip(group, layers, strict=True)):
+                teacher = teachers[j] if teachers is not None and layer.stability_active and layer.training else None
+                out[i] = RoutePlan(gates[j], hard[j], mask[j], maps[j] if maps is not None else None, teacher,
+                                   factors[j] if factors is not None else None)
+        return out  # type: ignore[return-value]

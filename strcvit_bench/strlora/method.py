@@ -39,7 +39,8 @@ from strcvit_bench.adapters import inject
 from strcvit_bench.methods.base import Rows
 from strcvit_bench.methods.experts import ExpertMethod, ExpertOptions
 from strcvit_bench.models.views import text_view
-from strcvit_bench.strlora.layer import StrLoRALinear
+from strcvit_bench.strlora import routing
+from strcvit_bench.strlora.layer import RouterBank, StrLoRALinear
 
 
 class StrLoRAOptions(ExpertOptions):
@@ -84,6 +85,16 @@ class StrLoRA(ExpertMethod):
                lambda name, layer: StrLoRALinear(
                    layer, d_model, o.experts, o.per_expert, o.alpha, o.dropout, o.top_k, self.router_dim, o.init_std,
                    o.task_select, o.token_weights, o.stage1_grad, o.tau, self.batch_context))
+        self._layers = None
+        bank = RouterBank(self.layers())  # all routers at once, once per batch
+        for layer in self.layers():
+            layer.bank = bank
+        # decided when the model's forward starts, before any layer runs: under gradient
+        # checkpointing a block's recomputation must find them made, as its first pass did
+        self.model.register_forward_pre_hook(self._decide_routing)
+
+    def _decide_routing(self, module: torch.nn.Module, args: Any) -> None:
+        self.layers()[0].plan()  # the bank's plans for every layer, kept in the batch context
 
     def layers(self) -> list[StrLoRALinear]:
         if getattr(self, "_layers", None) is None:  # walked once: this runs for every batch and step
@@ -124,8 +135,10 @@ class StrLoRA(ExpertMethod):
             self._step_kls = []
         if not self.stability_on:
             return  # the teacher does not exist yet, or the loss is off: it stays as it is
-        for layer in self.layers():
-            layer.update_ema(self.options.ema_momentum)
+        layers = self.layers()
+        routing.ema_update_all([b for m in layers for b in (m.ema_Wq, m.ema_Wk, m.ema_P)],
+                               [p for m in layers for p in (m.router_Wq, m.router_Wk, m.router_P)],
+                               self.options.ema_momentum)
 
     def chunk_stats(self) -> dict[str, Any]:
         """The stability KL at the chunk's first optimiser step (0 right after the teacher is

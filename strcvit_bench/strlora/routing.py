@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from strcvit_bench.adapters.routing import one_hot_argmax, straight_through, topk_renormalised
 
-__all__ = ["TokenRouting", "ema_update", "masked_softmax", "stability_kl", "stage1", "stage2_logits", "stage2_map",
+__all__ = ["TokenRouting", "ema_update", "ema_update_all", "masked_softmax", "stability_kl", "stage1", "stage2_logits",
+           "stage2_map", "stage2_maps",
            "straight_through", "top1_straight_through", "topk_renormalised"]
 
 
@@ -18,9 +19,9 @@ def stage1(t: torch.Tensor, W_r: torch.Tensor, k: int) -> tuple[torch.Tensor, to
 
     Returns (gates, hard, mask): `gates` is the straight-through top-k of softmax(W_r t) —
     forward the renormalised top-k, backward the dense softmax — `hard` its forward value and
-    `mask` (B, E) the k selected experts.
+    `mask` (B, E) the k selected experts. With W_r stacked (N, E, d) for N layers, all are (N, B, E).
     """
-    probs = torch.softmax((t @ W_r.t()).float(), dim=-1)
+    probs = torch.softmax((t @ W_r.transpose(-1, -2)).float(), dim=-1)
     hard, mask = topk_renormalised(probs, k)
     return straight_through(hard, probs), hard.detach(), mask
 
@@ -33,11 +34,20 @@ def stage2_map(t: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor, prototypes
     d_in × E product instead of a d_in × D projection (D = 64 against E = 4 by default), and
     the router no longer dominates a layer's arithmetic. Same function, summed in another order.
     """
-    k = F.layer_norm(t, t.shape[-1:]) @ W_k.t()             # (B, D)
-    p_hat = F.normalize(prototypes, dim=-1)                 # (E, D)
-    kp = k.unsqueeze(1) * (p_hat / math.sqrt(p_hat.shape[-1]))  # (B, E, D)
-    # (B, E, D) @ (D, d_in) is one (B·E × D) @ (D × d_in) product; W_qᵀ @ kp would copy W_q B times
-    return (kp @ W_q).transpose(-1, -2)
+    return stage2_maps(t, W_q.unsqueeze(0), W_k.unsqueeze(0), prototypes.unsqueeze(0))[0]
+
+
+def stage2_maps(t: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """`stage2_map` of N layers at once, their weights stacked: W_q (N, D, d_in), W_k (N, D, d),
+    prototypes (N, E, D); returns (N, B, d_in, E). The maps depend on the batch's t and the
+    router weights only, never on the layer's input, so a model's layers can fold them together
+    in a few batched products (layer.RouterBank)."""
+    k = F.layer_norm(t, t.shape[-1:]) @ W_k.transpose(-1, -2)          # (N, B, D)
+    p_hat = F.normalize(prototypes, dim=-1)                            # (N, E, D)
+    kp = k.unsqueeze(-2) * (p_hat / math.sqrt(p_hat.shape[-1])).unsqueeze(-3)  # (N, B, E, D)
+    n, b, e, d = kp.shape
+    # (N, B·E, D) @ (N, D, d_in): W_qᵀ @ kp would copy W_q B times
+    return (kp.reshape(n, b * e, d) @ W_q).reshape(n, b, e, -1).transpose(-1, -2)
 
 
 def stage2_logits(x: torch.Tensor, t: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor,
@@ -129,3 +139,11 @@ class TokenRouting(torch.autograd.Function):
 def ema_update(average: torch.Tensor, current: torch.Tensor, momentum: float) -> None:
     """average ← m · average + (1 − m) · current, in place."""
     average.mul_(momentum).add_(current.detach(), alpha=1.0 - momentum)
+
+
+@torch.no_grad()
+def ema_update_all(averages: list[torch.Tensor], currents: list[torch.Tensor], momentum: float) -> None:
+    """`ema_update` of many tensors in two foreach kernels (the same arithmetic, element by
+    element): StrLoRA updates three tensors in every adapted layer after every step."""
+    torch._foreach_mul_(averages, momentum)
+    torch._foreach_add_(averages, [c.detach() for c in currents], alpha=1.0 - momentum)
