@@ -8,6 +8,7 @@ parameters within 10 %, so a reader sees whether StrLoRA beats LoRA by routing o
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -19,6 +20,12 @@ from strcvit_bench.errors import StrcvitError
 
 JOINT = "joint"
 MATCHED = "lora-matched"
+# Every demo run trains in one thread, however many cores the machine has and however many runs go
+# at once: a CPU matmul's rounding depends on how many threads split it, so a run's bits would
+# otherwise depend on the machine's core count, and a fresh clone would not reproduce the
+# committed leaderboard. One thread is also where a small model is most efficient per core
+# (benchmarks/RESULTS.md): the demo spends the cores on runs side by side instead.
+RUN_THREADS = 1
 
 
 def demo_methods() -> tuple[str, ...]:
@@ -101,9 +108,11 @@ def _summary(m: dict[str, Any]) -> str:
 
 
 def run_jobs(jobs: list[Job], seeds: int, stream_dir: Path, out: Path, eval_limit: int | None,
-             pretrain_samples: int | None, say: Say, progress: ProgressFactory, workers: int = 1) -> Iterator[Path]:
-    """Every (job, seed) run; a finished run is kept, an interrupted one resumed. With `workers`
-    > 1, that many runs at once, each in a process of its own with its share of the CPU threads."""
+             pretrain_samples: int | None, say: Say, progress: ProgressFactory,
+             workers: int | None = None) -> Iterator[Path]:
+    """Every (job, seed) run; a finished run is kept, an interrupted one resumed. `workers` runs
+    at once (default: one per CPU core, at most one per run), each in one thread (RUN_THREADS)
+    and, with more than one, each in a process of its own: the runs are the same either way."""
     from strcvit_bench.training.config import RunConfig
 
     work, todo = [(j, s) for j in jobs for s in range(seeds)], []
@@ -116,11 +125,15 @@ def run_jobs(jobs: list[Job], seeds: int, stream_dir: Path, out: Path, eval_limi
         config = RunConfig(stream=str(stream_dir), method=job.method, method_options=job.options, seed=seed,
                            out=str(run_dir), eval_limit=eval_limit, pretrain_samples=pretrain_samples)
         todo.append((f"[{k + 1}/{len(work)}] {job.label} seed {seed}", config))
+    if workers is None:
+        import os
+
+        workers = max(1, min(os.cpu_count() or 1, len(todo)))
     if workers <= 1:
         from strcvit_bench.training.runner import run
 
         for label, config in todo:
-            with progress(label) as update:
+            with progress(label) as update, torch_threads(RUN_THREADS):
                 results = run(config, resume=(Path(config.out) / "run_config.json").is_file(), progress=update)
             say(f"    {_summary(results['metrics'])}")
     elif todo:
@@ -128,21 +141,31 @@ def run_jobs(jobs: list[Job], seeds: int, stream_dir: Path, out: Path, eval_limi
     yield from (out / "runs" / f"{job.label}-s{seed}" for job, seed in work)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` for the block, then as they were."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _run_parallel(todo: list[tuple[str, Any]], workers: int, say: Say) -> None:
-    """The runs in `workers` processes. The tiny base is pre-trained (and cached) first, here, with
-    every thread, so no two processes pre-train it; each process then uses cores / workers threads:
-    on a small CPU, small matmuls scale poorly with threads, and two one-thread runs beat two
-    two-thread runs in turn (benchmarks/demo_time.py measures it)."""
+    """The runs in `workers` processes. The tiny base is pre-trained (and cached) first, here, so
+    no two processes pre-train it (it pre-trains with a fixed thread count of its own: models/tiny.py)."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     first = todo[0][1]
     trainable_params(Path(first.stream), "lora", {}, first.pretrain_samples)  # pre-trains the base, into the cache
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    say(f"running {len(todo)} runs, {workers} at a time, {threads} thread(s) each")
+    say(f"running {len(todo)} runs, {workers} at a time, {RUN_THREADS} thread(s) each")
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads, os.getpid())) as pool:
+                             initargs=(RUN_THREADS, os.getpid())) as pool:
         futures = {pool.submit(_run_one, config.model_dump()): label for label, config in todo}
         for future in as_completed(futures):
             say(f"{futures[future]}: {_summary(future.result())}")

@@ -112,22 +112,23 @@ def test_small_demo_runs_every_method_and_writes_the_leaderboard(tmp_path, monke
     assert again.exit_code == 0 and again.output.count("already complete") == len(demo_methods())
 
 
-def test_demo_jobs_run_in_parallel_and_equal_one_thread_sequential_runs(tmp_path, monkeypatch):
-    """`--jobs 2`: two runs at once, one thread each (2 cores); their results are the runs a
-    sequential demo makes with one thread per run."""
+def test_demo_runs_are_the_same_bits_side_by_side_or_in_turn(tmp_path, monkeypatch):
+    """`--jobs 2`: two runs at once, each in its own process; `--jobs 1`: in turn, here. Every demo
+    run trains in one thread either way (whatever the machine's threads), so their results are
+    the same bits."""
     import torch
 
     monkeypatch.setenv("STRCVIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
     small = ["--num-chunks", "2", "--chunk-size", "16", "--pretrain-samples", "32", "--eval-limit", "4",
              "--methods", "lora,strlora,cram"]
     par = runner.invoke(app, ["demo", "--out", str(tmp_path / "par"), "--jobs", "2", *small])
     assert par.exit_code == 0, par.output
     assert "3 runs, 2 at a time, 1 thread(s) each" in par.output
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)  # a sequential demo must not train in the caller's threads
     try:
-        seq = runner.invoke(app, ["demo", "--out", str(tmp_path / "seq"), *small])
+        seq = runner.invoke(app, ["demo", "--out", str(tmp_path / "seq"), "--jobs", "1", *small])
+        assert torch.get_num_threads() == 2  # and gives them back
     finally:
         torch.set_num_threads(threads)
     assert seq.exit_code == 0, seq.output
@@ -136,7 +137,26 @@ def test_demo_jobs_run_in_parallel_and_equal_one_thread_sequential_runs(tmp_path
                 for d in ("par", "seq"))
         assert a["accuracy_matrix"] == b["accuracy_matrix"], method
         assert [c["train_loss"] for c in a["per_chunk"]] == [c["train_loss"] for c in b["per_chunk"]], method
-        assert a["env"]["hardware"]["torch_threads"] == 1
+        assert a["env"]["hardware"]["torch_threads"] == b["env"]["hardware"]["torch_threads"] == 1
+
+
+def test_the_tiny_base_pretrains_in_fixed_threads(tmp_path, monkeypatch):
+    """Its bits must not depend on the machine's core count: PRETRAIN_THREADS, whatever the caller's."""
+    import torch
+
+    from strcvit_bench.models import tiny
+
+    monkeypatch.setenv("STRCVIT_CACHE", str(tmp_path))
+    seen = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tiny.load_tiny([], recipe=tiny.PretrainRecipe(samples=8, batch_size=4),
+                       progress=lambda *a: seen.append(torch.get_num_threads()))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert seen and set(seen) == {tiny.PRETRAIN_THREADS} and tiny.PRETRAIN_THREADS != 1
 
 
 @pytest.mark.slow

@@ -22,9 +22,8 @@ def demo_cmd(
     reference: str = typer.Option("lora", "--reference", help="Method every other is compared with, paired."),
     eval_limit: int = typer.Option(None, "--eval-limit", min=1, help="Score at most N test rows per task."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the demo stream even if present."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Runs at once, each in its own process with "
-                             "cores/jobs threads (2 on 2 cores: the runs 1.22x faster, benchmarks/RESULTS.md). Its "
-                             "runs equal a sequential demo's made with as many threads per run."),
+    jobs: int = typer.Option(None, "--jobs", "-j", min=1, help="Runs at once, each in one thread (default: one "
+                             "per CPU core). The runs are the same bits whatever it is, on any core count."),
     num_chunks: int = typer.Option(None, "--num-chunks", min=1, help="Smaller demo: fewer chunks."),
     chunk_size: int = typer.Option(None, "--chunk-size", min=1, help="Smaller demo: smaller chunks."),
     pretrain_samples: int = typer.Option(None, "--pretrain-samples", min=0,

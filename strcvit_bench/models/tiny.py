@@ -58,6 +58,9 @@ class PretrainRecipe:
     seed: int = 1234  # disjoint from streams: captions rows are drawn under derive_seed(seed, "pretrain")
 
 
+PRETRAIN_THREADS = 2  # the reference machine's cores; fixed, so the base is the same bits everywhere
+
+
 def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
@@ -204,14 +207,26 @@ def _cache_key(cfg: TinyConfig, recipe: PretrainRecipe, vocab: list[str]) -> str
         "vocab": hashlib.sha256("\n".join(vocab).encode()).hexdigest(),
         "torch": ".".join(torch.__version__.split(".")[:2]),
         "transformers": ".".join(transformers.__version__.split(".")[:2]),
-        "format": 1,
+        "format": 2,  # 2: pre-trained with PRETRAIN_THREADS threads on every machine
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def pretrain(model, encoder: TinyEncoder, recipe: PretrainRecipe,
              progress: Callable[[str, int, int], None] | None = None) -> dict[str, float]:
-    """Full-weight training on generated captions (the only place the tiny base is trained)."""
+    """Full-weight training on generated captions (the only place the tiny base is trained), in
+    PRETRAIN_THREADS threads whatever the machine: the base's bits must not depend on its core
+    count, or no run made on it would reproduce elsewhere."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(PRETRAIN_THREADS)
+    try:
+        return _pretrain(model, encoder, recipe, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _pretrain(model, encoder: TinyEncoder, recipe: PretrainRecipe,
+              progress: Callable[[str, int, int], None] | None) -> dict[str, float]:
     from strcvit_bench.data.sources.builtin.source import BuiltinSource, BuiltinSourceConfig
 
     src = BuiltinSource(BuiltinSourceConfig(kind="builtin", generator="captions", image_size=encoder.cfg.image_size),
