@@ -178,6 +178,9 @@ def _worker_init(threads: int, parent: int) -> None:
 
     torch.set_num_threads(threads)
     exit_with_parent(parent)
+    from strcvit_bench.env import quiet_transformers
+
+    quiet_transformers()  # a spawned process starts with transformers' own progress bars on
 
 
 def _run_one(config: dict[str, Any]) -> dict[str, Any]:

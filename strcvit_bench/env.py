@@ -54,3 +54,11 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("+dirty" if dirty else "")
+
+
+def quiet_transformers() -> None:
+    """Our progress bars replace transformers' per-file ones (in every process that loads a model)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()

@@ -74,13 +74,3 @@ def progress_bar(description: str) -> Iterator[Callable[[str, int, int], None] |
 @app.callback()
 def _main(quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only results and errors.")) -> None:
     _state["quiet"] = quiet
-
-
-def quiet_transformers() -> None:
-    """Our progress bars replace transformers' per-file ones."""
-    import os
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()

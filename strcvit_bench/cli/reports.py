@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-from strcvit_bench.cli.common import app, handles_errors, progress_bar, quiet_transformers, say
+from strcvit_bench.cli.common import app, handles_errors, progress_bar, say
 from strcvit_bench.demo import MATCHED, demo_methods
+from strcvit_bench.env import quiet_transformers
 from strcvit_bench.io import check_output_dir
 
 

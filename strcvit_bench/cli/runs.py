@@ -10,8 +10,9 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from strcvit_bench.cli.common import app, console, handles_errors, progress_bar, quiet_transformers, say
+from strcvit_bench.cli.common import app, console, handles_errors, progress_bar, say
 from strcvit_bench.cli.options import model_parameters, with_parameters
+from strcvit_bench.env import quiet_transformers
 from strcvit_bench.errors import StrcvitError
 from strcvit_bench.io import check_output_dir
 
