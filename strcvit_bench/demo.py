@@ -8,7 +8,6 @@ parameters within 10 %, so a reader sees whether StrLoRA beats LoRA by routing o
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -130,6 +129,7 @@ def run_jobs(jobs: list[Job], seeds: int, stream_dir: Path, out: Path, eval_limi
 
         workers = max(1, min(os.cpu_count() or 1, len(todo)))
     if workers <= 1:
+        from strcvit_bench.env import torch_threads
         from strcvit_bench.training.runner import run
 
         for label, config in todo:
@@ -139,19 +139,6 @@ def run_jobs(jobs: list[Job], seeds: int, stream_dir: Path, out: Path, eval_limi
     elif todo:
         _run_parallel(todo, workers, say)
     yield from (out / "runs" / f"{job.label}-s{seed}" for job, seed in work)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to `n` for the block, then as they were."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run_parallel(todo: list[tuple[str, Any]], workers: int, say: Say) -> None:

@@ -1,11 +1,14 @@
-"""What a result file records about where it was produced (versions, hardware, commit)."""
+"""The process and its environment: what a result file records about where it was produced
+(versions, hardware, commit), and the settings every process that trains or loads a model shares."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 _PACKAGES = ("strcvit-bench", "torch", "transformers", "peft", "datasets", "pyarrow", "pillow", "accelerate")
@@ -62,3 +65,18 @@ def quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` for the block, then as they were: a CPU matmul's
+    rounding depends on how many threads split it, so what must be the same bits everywhere
+    (the tiny base, a demo run) runs at a fixed count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

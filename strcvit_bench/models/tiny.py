@@ -217,12 +217,10 @@ def pretrain(model, encoder: TinyEncoder, recipe: PretrainRecipe,
     """Full-weight training on generated captions (the only place the tiny base is trained), in
     PRETRAIN_THREADS threads whatever the machine: the base's bits must not depend on its core
     count, or no run made on it would reproduce elsewhere."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(PRETRAIN_THREADS)
-    try:
+    from strcvit_bench.env import torch_threads
+
+    with torch_threads(PRETRAIN_THREADS):
         return _pretrain(model, encoder, recipe, progress)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _pretrain(model, encoder: TinyEncoder, recipe: PretrainRecipe,
