@@ -24,17 +24,38 @@ def library_versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str]:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's marketing name where the OS says it (Linux, macOS), else platform's guess."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip() or platform.processor()
+    except (OSError, subprocess.SubprocessError):
+        return platform.processor() or platform.machine()
+
+
 def hardware() -> dict[str, object]:
+    """Where a result was made. The CPU model and the vector instruction set torch dispatches to
+    are in because float results depend on them: MKL and torch's kernels pick their code path
+    (AVX2, AVX-512, ...) by CPU, and the paths round differently, so a run is the same bits only
+    on the same class of CPU (with the same versions and thread count)."""
     info: dict[str, object] = {
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
     }
     try:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
         if torch.cuda.is_available():
             info["cuda_device"] = torch.cuda.get_device_name(0)
             info["cuda_device_count"] = torch.cuda.device_count()

@@ -234,3 +234,34 @@ def test_runs_scored_by_the_authors_rules_get_rows_of_their_own(tmp_path):
     assert lb.update([ours, theirs], out, "test")["groups"] == 2
     md = (out / "leaderboard.md").read_text()
     assert "| lora | 1 |" in md and "| lora (authors scoring) | 1 |" in md
+
+
+def test_the_leaderboard_says_which_machines_made_its_runs(tmp_path):
+    """Bits differ between CPU classes (MKL and torch pick AVX2 or AVX-512 code paths), so a
+    reader must see where the runs came from to know whether theirs should match."""
+    amd = {"cpu_model": "AMD EPYC", "cpu_capability": "AVX2", "torch_threads": 1}
+    intel = {"cpu_model": "Intel Xeon", "cpu_capability": "AVX512", "torch_threads": 2}
+    runs = []
+    for seed, hw in enumerate([amd, amd, intel, None]):
+        run = fake_run(tmp_path, "lora", seed, [[50, 0], [20, 60], [10, 80]])
+        r = json.loads((run / "results.json").read_text())
+        r["env"] = {"commit": "abc", **({"hardware": hw, "versions": {"torch": "2.13.0+cpu"}} if hw else {})}
+        (run / "results.json").write_text(json.dumps(r))
+        runs.append(run)
+    out = tmp_path / "lb"
+    lb.update(runs, out, "x")
+    md = (out / "leaderboard.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("Runs recorded at commit(s): abc; made on "))
+    assert "AMD EPYC (AVX2), 1 thread, torch 2.13.0+cpu; Intel Xeon (AVX512), 2 threads, torch 2.13.0+cpu; " \
+           "CPU not recorded" in line
+    page = (out / "index.html").read_text()
+    assert "Made on AMD EPYC (AVX2), 1 thread, torch 2.13.0+cpu; Intel Xeon (AVX512)" in page
+
+
+def test_a_run_records_the_cpu_it_was_made_on():
+    from strcvit_bench.env import hardware
+
+    hw = hardware()
+    assert hw["cpu_model"] and hw["cpu_model"] != "CPU not recorded"
+    assert hw["cpu_capability"] in {"DEFAULT", "NO AVX", "AVX2", "AVX512", "ZVECTOR", "VSX", "SVE256", "SVE"} or \
+        hw["cpu_capability"].startswith(("AVX", "SVE"))

@@ -116,7 +116,7 @@ def test_run_end_to_end(tmp_path, tiny_stream, method):
         per_task = routing["points"]["chunk_002"]
         assert set(per_task) == {"shapes", "text", "aerial"}
         assert all(abs(sum(v["mean_weight"]) - 1) < 1e-3 for v in per_task.values())
-        assert all(len(v["per_layer_mean_weight"]) == 28 for v in per_task.values())  # 4 layers x 7 linears
+        assert all(len(v["per_layer_mean_weight"]) == 14 for v in per_task.values())  # 2 layers x 7 linears
         if method == "strlora":
             assert all(abs(sum(v["selection_frequency"]) - 2) < 1e-4 for v in per_task.values())
         shown = runner.invoke(app, ["inspect-run", str(out), "--plot", str(tmp_path / "r.png")])

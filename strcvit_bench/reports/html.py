@@ -64,6 +64,7 @@ def render_html(groups: list[Any], plots: dict[str, dict[str, bytes]], command: 
         METRIC_COLUMNS,
         diff_rows,
         diff_text,
+        made_on,
         metric_rows,
         section_key,
         sections,
@@ -106,6 +107,9 @@ def render_html(groups: list[Any], plots: dict[str, dict[str, bytes]], command: 
         if growth:
             parts.append("<p class='muted'>Adapter parameters after each chunk (frozen experts included):</p>"
                          + _img(growth, "adapter parameters along the stream"))
+        runs = [r for g in gs for r in g.complete + g.incomplete]
+        parts.append("<p class='muted'>Made on " + html.escape("; ".join(made_on(runs))) + " (float results are "
+                     "the same bits only on the same class of CPU, versions and thread count).</p>")
         for g in gs:
             imgs = "".join(_img(png, f"{g.method} {kind}") for kind, png in plots.get(g.key, {}).items())
             parts.append(f"<details><summary>{html.escape(g.method)}: accuracy, curves, forgetting"

@@ -160,3 +160,18 @@ def diff_rows(gs: list[Group], reference: str) -> list[tuple[str, int, dict[str,
 
 def ci_basis(g: Group) -> str:
     return SEEDS if len(g.complete) > 1 else ITEMS if g.complete else ""
+
+
+def made_on(runs: list[dict[str, Any]]) -> list[str]:
+    """Each distinct machine class and library set the runs were made on, e.g. 'AMD EPYC (AVX2),
+    1 thread, torch 2.13.0+cpu, transformers 5.24.0': what a reader needs to reproduce the bits."""
+    seen: dict[str, None] = {}
+    for r in runs:
+        hw, versions = r["env"].get("hardware", {}), r["env"].get("versions", {})
+        cpu = hw.get("cuda_device") or hw.get("cpu_model") or "CPU not recorded"
+        isa = "" if hw.get("cuda_device") else f" ({hw['cpu_capability']})" if hw.get("cpu_capability") else ""
+        threads = hw.get("torch_threads")
+        parts = [f"{cpu}{isa}"] + ([f"{threads} thread{'s' if threads != 1 else ''}"] if threads else [])
+        parts += [f"{k} {versions[k]}" for k in ("torch", "transformers") if k in versions]
+        seen.setdefault(", ".join(parts))
+    return list(seen)

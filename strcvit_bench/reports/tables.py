@@ -16,6 +16,7 @@ from strcvit_bench.reports.rows import (
     ci_basis,
     diff_rows,
     diff_text,
+    made_on,
     metric_rows,
     section_key,
     sections,
@@ -58,8 +59,10 @@ def markdown(groups: list[Group], command: str, reference: str = REFERENCE) -> s
                       "|" + "---|" * (width + 1)]
             for method, c in curves.items():
                 lines.append(f"| {method} | " + " | ".join(f"{v:,.0f}" for v in c) + " |")
-        commits = sorted({str(r["env"].get("commit")) for g in gs for r in g.complete + g.incomplete})
-        lines += ["", f"Runs recorded at commit(s): {', '.join(commits)}.", ""]
+        runs = [r for g in gs for r in g.complete + g.incomplete]
+        commits = sorted({str(r["env"].get("commit")) for r in runs})
+        lines += ["", f"Runs recorded at commit(s): {', '.join(commits)}; made on {'; '.join(made_on(runs))} "
+                  "(float results are the same bits only on the same class of CPU, versions and thread count).", ""]
     return "\n".join(lines) + "\n"
 
 

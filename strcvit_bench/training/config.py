@@ -71,7 +71,7 @@ class RunConfig(BaseModel):
 
     @property
     def first_lr(self) -> float:
-        """The authors' 1e-4 / 2e-5 for real models; the 3.5 M-parameter tiny model needs more."""
+        """The authors' 1e-4 / 2e-5 for real models; the 2.2 M-parameter tiny model needs more."""
         if self.lr is not None:
             return self.lr
         return 3e-3 if self.model == "tiny" else 1e-4
