@@ -42,6 +42,16 @@ def test_replay_forgets_less_than_lora_over_seeds():
     assert paired_t_test(replay, lora, alternative="less")["p_value"] < 0.05
 
 
+def test_the_final_average_gains_the_readme_claims_are_separated():
+    """README: replay, CRAM, BranchLoRA and `joint` end above LoRA, paired over the seeds."""
+    seeds = sorted(RUNS["lora"])
+    lora = [RUNS["lora"][s]["metrics"]["final_average_accuracy"] for s in seeds]
+    for label in ("replay", "cram", "branchlora", "joint"):
+        other = [RUNS[label][s]["metrics"]["final_average_accuracy"] for s in seeds]
+        test = paired_t_test(other, lora)
+        assert test["mean_diff"] > 0 and test["p_value"] < 0.05, (label, test)
+
+
 def test_joint_learns_every_task_it_can():
     """The i.i.d. bound reaches 30 % on every task but OCR, which the tiny model reads poorly
     (README: What the demo shows); OCR must still be learned well above the untrained model."""
