@@ -45,22 +45,24 @@ class Job:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def trainable_params(stream_dir: Path, method: str, options: dict[str, Any], pretrain_samples: int | None) -> int:
-    """The trainable parameters `method` starts with on the tiny model (built, not trained)."""
+def trainable_params(stream_dir: Path, method: str, options: dict[str, Any], base: dict[str, Any]) -> int:
+    """The trainable parameters `method` starts with on the tiny model (built, not trained); `base`:
+    the RunConfig fields that choose the tiny base (pretrain_samples, shipped_base)."""
     from strcvit_bench.streams.stream import verify_stream
     from strcvit_bench.training import setup
     from strcvit_bench.training.config import RunConfig
 
-    cfg = RunConfig(stream=str(stream_dir), method=method, method_options=options, pretrain_samples=pretrain_samples)
+    cfg = RunConfig(stream=str(stream_dir), method=method, method_options=options, **base)
     _, m, _ = setup.build(cfg, verify_stream(stream_dir))
     return m.parameter_counts()["trainable"]
 
 
-def matched_lora_rank(stream_dir: Path, pretrain_samples: int | None = None, target: str = "strlora") -> int:
+def matched_lora_rank(stream_dir: Path, base: dict[str, Any] | None = None, target: str = "strlora") -> int:
     """The LoRA rank whose trainable parameters are nearest `target`'s default (linear in rank)."""
-    goal = trainable_params(stream_dir, target, {}, pretrain_samples)
-    p1 = trainable_params(stream_dir, "lora", {"rank": 1, "alpha": 2.0}, pretrain_samples)
-    p2 = trainable_params(stream_dir, "lora", {"rank": 2, "alpha": 4.0}, pretrain_samples)
+    base = base or {}
+    goal = trainable_params(stream_dir, target, {}, base)
+    p1 = trainable_params(stream_dir, "lora", {"rank": 1, "alpha": 2.0}, base)
+    p2 = trainable_params(stream_dir, "lora", {"rank": 2, "alpha": 4.0}, base)
     per_rank, fixed = p2 - p1, 2 * p1 - p2
     rank = max(1, round((goal - fixed) / per_rank))
     if abs(fixed + rank * per_rank - goal) > 0.1 * goal:
@@ -68,13 +70,13 @@ def matched_lora_rank(stream_dir: Path, pretrain_samples: int | None = None, tar
     return rank
 
 
-def jobs_for(names: list[str], stream_dir: Path, pretrain_samples: int | None) -> list[Job]:
+def jobs_for(names: list[str], stream_dir: Path, base: dict[str, Any]) -> list[Job]:
     from strcvit_bench.methods.registry import get_method
 
     jobs = []
     for name in names:
         if name == MATCHED:
-            rank = matched_lora_rank(stream_dir, pretrain_samples)
+            rank = matched_lora_rank(stream_dir, base)
             jobs.append(Job(MATCHED, "lora", {"rank": rank, "alpha": 2.0 * rank}))  # LoRA's scale α/r = 2 kept
         else:
             get_method(name)
@@ -99,6 +101,42 @@ def build_demo_stream(out: Path, num_chunks: int | None, chunk_size: int | None,
     return stream_dir
 
 
+def demo_base(write: bool, progress: ProgressFactory) -> dict[str, Any]:
+    """Pre-train the demo's tiny base here, ignoring the shipped one, and compare the two tensor
+    by tensor: equal on the CPU class and versions that made the shipped one, a few ulps apart on
+    others. `write` ships the new one instead (after a change to the tiny model, its recipe, the
+    generators or the demo stream). Nothing is written to the user's model cache."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    from strcvit_bench.models import tiny
+    from strcvit_bench.streams.stream import verify_stream
+    from strcvit_bench.training.setup import stream_texts
+
+    with tempfile.TemporaryDirectory() as tmp:
+        texts = stream_texts(verify_stream(build_demo_stream(Path(tmp), None, None, False, progress)))
+        with progress("pre-training the tiny base") as update:
+            here = tiny.load_tiny(texts, shipped=False, cache=Path(tmp) / "cache", progress=update)
+        made = Path(here.info["cache"])
+        shipped = tiny.SHIPPED / f"tiny-{here.info['base_key']}"
+        report: dict[str, Any] = {"shipped": str(shipped), "present": (shipped / "config.json").is_file(),
+                                  "final_loss": here.info["pretrain_stats"]["final_loss"]}
+        if report["present"]:
+            a, b = load_file(made / "model.safetensors"), load_file(shipped / "model.safetensors")
+            same_names = a.keys() == b.keys()
+            report["equal"] = same_names and all(a[k].equal(b[k]) for k in a)
+            report["max_abs_diff"] = (max(float((a[k] - b[k]).abs().max()) for k in a) if same_names
+                                      else float("inf"))
+        if write:
+            for old in tiny.SHIPPED.glob("tiny-*"):
+                shutil.rmtree(old)
+            shutil.copytree(made, shipped)
+            report["written"] = True
+    return report
+
+
 def _summary(m: dict[str, Any]) -> str:
     """The run's headline metrics; BWT and forgetting are undefined (None) after one chunk."""
     keys = (("final avg", "final_average_accuracy"), ("mean avg", "mean_average_accuracy"), ("BWT", "bwt"),
@@ -107,7 +145,7 @@ def _summary(m: dict[str, Any]) -> str:
 
 
 def run_jobs(jobs: list[Job], seeds: int, stream_dir: Path, out: Path, eval_limit: int | None,
-             pretrain_samples: int | None, say: Say, progress: ProgressFactory,
+             base: dict[str, Any], say: Say, progress: ProgressFactory,
              workers: int | None = None) -> Iterator[Path]:
     """Every (job, seed) run; a finished run is kept, an interrupted one resumed. `workers` runs
     at once (default: one per CPU core, at most one per run), each in one thread (RUN_THREADS)
@@ -122,7 +160,7 @@ def run_jobs(jobs: list[Job], seeds: int, stream_dir: Path, out: Path, eval_limi
             say(f"[{k + 1}/{len(work)}] {job.label} seed {seed}: already complete, kept")
             continue
         config = RunConfig(stream=str(stream_dir), method=job.method, method_options=job.options, seed=seed,
-                           out=str(run_dir), eval_limit=eval_limit, pretrain_samples=pretrain_samples)
+                           out=str(run_dir), eval_limit=eval_limit, **base)
         todo.append((f"[{k + 1}/{len(work)}] {job.label} seed {seed}", config))
     if workers is None:
         import os
@@ -149,7 +187,8 @@ def _run_parallel(todo: list[tuple[str, Any]], workers: int, say: Say) -> None:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     first = todo[0][1]
-    trainable_params(Path(first.stream), "lora", {}, first.pretrain_samples)  # pre-trains the base, into the cache
+    base = {"pretrain_samples": first.pretrain_samples, "shipped_base": first.shipped_base}
+    trainable_params(Path(first.stream), "lora", {}, base)  # pre-trains the base, into the cache (if not shipped)
     say(f"running {len(todo)} runs, {workers} at a time, {RUN_THREADS} thread(s) each")
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                              initargs=(RUN_THREADS, os.getpid())) as pool:

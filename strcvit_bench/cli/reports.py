@@ -29,6 +29,9 @@ def demo_cmd(
     chunk_size: int = typer.Option(None, "--chunk-size", min=1, help="Smaller demo: smaller chunks."),
     pretrain_samples: int = typer.Option(None, "--pretrain-samples", min=0,
                                          help="Smaller demo: a shorter pre-training of the tiny base."),
+    shipped_base: bool = typer.Option(True, "--shipped-base/--no-shipped-base",
+                                      help="Start from the tiny base the package ships (--no-shipped-base: "
+                                      "pre-train it here, a few minutes, and cache it)."),
 ) -> None:
     """The main job on the embedded default: build the demo stream, train every method, write the leaderboard."""
     import time
@@ -40,8 +43,9 @@ def demo_cmd(
     quiet_transformers()
     stream_dir = demo.build_demo_stream(out, num_chunks, chunk_size, rebuild, progress_bar)
     say(f"demo stream: {stream_dir}")
-    work = demo.jobs_for([m.strip() for m in methods.split(",") if m.strip()], stream_dir, pretrain_samples)
-    run_dirs = list(demo.run_jobs(work, seeds, stream_dir, out, eval_limit, pretrain_samples, say, progress_bar,
+    base = {"pretrain_samples": pretrain_samples, "shipped_base": shipped_base}
+    work = demo.jobs_for([m.strip() for m in methods.split(",") if m.strip()], stream_dir, base)
+    run_dirs = list(demo.run_jobs(work, seeds, stream_dir, out, eval_limit, base, say, progress_bar,
                                   workers=jobs))
     target = leaderboard or out / "leaderboard"
     command = "strcvit demo" + (f" --seeds {seeds}" if seeds != 1 else "") + (
@@ -50,6 +54,32 @@ def demo_cmd(
     typer.echo((target / "leaderboard.md").read_text())
     say(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min")
     typer.echo(f"leaderboard: {(target / 'index.html').resolve()}")  # unwrapped: a path to copy
+
+
+@app.command("demo-base")
+@handles_errors
+def demo_base_cmd(
+    write: bool = typer.Option(False, "--write", help="Ship the base pre-trained here in place of the shipped one."),
+) -> None:
+    """Pre-train the demo's tiny base here (about 5 minutes on 2 cores) and compare it with the one the
+    package ships, tensor by tensor; exit code 1 if they differ."""
+    from strcvit_bench import demo
+
+    quiet_transformers()
+    report = demo.demo_base(write, progress_bar)
+    typer.echo(f"pre-trained here: final caption loss {report['final_loss']:.16g}")
+    if not report["present"]:
+        typer.echo(f"the package ships no base for the demo's model, recipe and vocabulary ({report['shipped']})")
+    elif report["equal"]:
+        typer.echo(f"equal, bit for bit, to the shipped base {report['shipped']}")
+    else:
+        typer.echo(f"differs from the shipped base {report['shipped']}: largest |difference| "
+                   f"{report['max_abs_diff']:.3g} (another CPU class or library version rounds otherwise; the "
+                   f"committed leaderboard's runs start from the shipped one)")
+    if report.get("written"):
+        typer.echo(f"shipped: {report['shipped']}")
+    elif not report.get("equal"):
+        raise typer.Exit(1)
 
 
 @app.command("leaderboard")

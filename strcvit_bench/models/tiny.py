@@ -16,6 +16,11 @@ see and to answer at once, and forgetting would be drowned in that. So the base 
 pre-trained (all weights) on the `captions` generator — descriptions of the same visual
 world, never the stream's questions, with seeds disjoint from any stream — and cached under a
 content-addressed path, so the demo pays for it once.
+
+The demo's own base ships with the package (`models/bases/`, made by `strcvit demo-base
+--write`): its pre-training is a fifth of a cold demo on a 2-core machine, and a base
+pre-trained here is the same bits only on the same class of CPU, so a shipped one gives every
+machine the committed leaderboard's starting weights.
 """
 
 from __future__ import annotations
@@ -205,17 +210,35 @@ def cache_root() -> Path:
     return Path(os.environ.get("STRCVIT_CACHE", Path.home() / ".cache" / "strcvit"))
 
 
+SHIPPED = Path(__file__).resolve().parent / "bases"
+
+
+def _identity(cfg: TinyConfig, recipe: PretrainRecipe, vocab: list[str]) -> dict[str, Any]:
+    return {"config": asdict(cfg), "recipe": asdict(recipe),
+            "vocab": hashlib.sha256("\n".join(vocab).encode()).hexdigest(),
+            "format": 2}  # 2: pre-trained with PRETRAIN_THREADS threads on every machine
+
+
+def _key(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _cache_key(cfg: TinyConfig, recipe: PretrainRecipe, vocab: list[str]) -> str:
+    """A base pre-trained here: other library versions may pre-train it to other bits."""
     import transformers
 
-    payload = {
-        "config": asdict(cfg), "recipe": asdict(recipe),
-        "vocab": hashlib.sha256("\n".join(vocab).encode()).hexdigest(),
-        "torch": ".".join(torch.__version__.split(".")[:2]),
-        "transformers": ".".join(transformers.__version__.split(".")[:2]),
-        "format": 2,  # 2: pre-trained with PRETRAIN_THREADS threads on every machine
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return _key({**_identity(cfg, recipe, vocab), "torch": ".".join(torch.__version__.split(".")[:2]),
+                 "transformers": ".".join(transformers.__version__.split(".")[:2])})
+
+
+def shipped_key(cfg: TinyConfig, recipe: PretrainRecipe, vocab: list[str]) -> str:
+    """A shipped base: its weights are fixed bits, whatever versions load them."""
+    return _key(_identity(cfg, recipe, vocab))
+
+
+def weights_sha256(path: Path) -> str:
+    """What a run records of its base, so a resume onto other base weights is refused."""
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
 
 
 def pretrain(model, encoder: TinyEncoder, recipe: PretrainRecipe,
@@ -265,16 +288,21 @@ def _pretrain(model, encoder: TinyEncoder, recipe: PretrainRecipe,
 
 
 def load_tiny(stream_texts: Iterable[str], *, cfg: TinyConfig | None = None, recipe: PretrainRecipe | None = None,
-              progress: Callable[[str, int, int], None] | None = None) -> ModelBundle:
-    """Build (or reuse from the cache) the pre-trained tiny base for a stream's vocabulary."""
+              progress: Callable[[str, int, int], None] | None = None, shipped: bool = True,
+              cache: Path | None = None) -> ModelBundle:
+    """The pre-trained tiny base for a stream's vocabulary: the shipped one where the package has
+    it (`shipped=False` ignores it), else the cached one (under `cache`, default cache_root()),
+    else pre-trained now and cached."""
     from transformers import AutoModelForImageTextToText, PreTrainedTokenizerFast
 
     cfg = cfg or TinyConfig()
     recipe = recipe or PretrainRecipe()
     tokenizer = build_tokenizer([*generator_corpus(), *stream_texts])
     vocab = [tokenizer.convert_ids_to_tokens(i) for i in range(len(tokenizer))]
-    key = _cache_key(cfg, recipe, vocab)
-    path = cache_root() / "models" / f"tiny-{key}"
+    base_key = shipped_key(cfg, recipe, vocab)
+    path, base = SHIPPED / f"tiny-{base_key}", "shipped"
+    if not (shipped and (path / "config.json").is_file()):
+        path, base = (cache or cache_root()) / "models" / f"tiny-{_cache_key(cfg, recipe, vocab)}", "cache"
     info: dict[str, Any] = {"cache": str(path), "config": asdict(cfg), "pretrain": asdict(recipe)}
     if (path / "config.json").is_file():
         model = AutoModelForImageTextToText.from_pretrained(path)
@@ -282,6 +310,7 @@ def load_tiny(stream_texts: Iterable[str], *, cfg: TinyConfig | None = None, rec
         info["pretrain_stats"] = json.loads((path / "pretrain.json").read_text())
         info["cached"] = True
     else:
+        base = "pre-trained"
         model = build_model(cfg, len(tokenizer), derive_seed(recipe.seed, "init"))
         encoder = TinyEncoder(tokenizer, cfg)
         stats = pretrain(model, encoder, recipe, progress)
@@ -298,6 +327,8 @@ def load_tiny(stream_texts: Iterable[str], *, cfg: TinyConfig | None = None, rec
             shutil.rmtree(tmp, ignore_errors=True)
         info["pretrain_stats"] = stats
         info["cached"] = False
+    info.update(base=base, base_key=base_key)
+    info["weights_sha256"] = weights_sha256(path)
     model.eval()
     return ModelBundle(model=model, encoder=TinyEncoder(tokenizer, cfg), name="tiny", family="llava",
                        max_new_tokens=cfg.max_answer_tokens + 1, info=info)

@@ -45,6 +45,8 @@ class RunConfig(BaseModel):
         "default", description="how tasks are scored: our documented metrics, or the StrCVIT authors' released "
         "evaluation rules (docs/metrics.md)")
     pretrain_samples: int | None = Field(None, ge=0, description="tiny model: captions seen in pre-training")
+    shipped_base: bool = Field(True, description="tiny model: start from the pre-trained base the package ships "
+                               "for the stream, where it ships one (--no-shipped-base: pre-train it here)")
 
     @field_validator("target_modules", "projector_modules")
     @classmethod

@@ -98,6 +98,19 @@ class Run:
                                    f"there, {value[:12]}… in {self.stream.path}); resume on the same stream or "
                                    f"choose another --out")
 
+    def _check_same_base(self, info: dict[str, Any]) -> None:
+        """Adapters trained on one base and resumed on other base weights (a shipped base that
+        replaced a local pre-training, a cache pre-trained again on another CPU) are a run of neither."""
+        try:
+            before = json.loads((self.out / "results.json").read_text())["model_info"].get("weights_sha256")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return
+        now = info.get("weights_sha256")
+        if before and now and before != now:
+            raise StrcvitError(f"--resume: {self.out} was trained on other base weights (sha256 {before[:12]}… "
+                               f"there, {now[:12]}… now, from {info.get('base', 'the cache')}); resume where that "
+                               f"base is, or start the run again in another --out")
+
     def _say(self, label: str, done: int, total: int) -> None:
         if self.progress:
             self.progress(label, done, total)
@@ -110,6 +123,8 @@ class Run:
         store = RowStore(stream, hide_task=not stream.manifest.get("task_ids_visible", False))
         bundle, method, params = setup.build(cfg, stream, store.lookup, self.progress, self.parallel,
                                               chunk_ids=store.chunk_ids)
+        if self.resume_from is not None:
+            self._check_same_base(bundle.info)
         if main:  # only once the model and method are built: a run that cannot start leaves nothing
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / "run_config.json", cfg.model_dump())

@@ -55,7 +55,7 @@ def build(cfg: RunConfig, stream: Stream, lookup_rows: Callable[[list[str]], lis
           ) -> tuple[ModelBundle, Method, dict[str, torch.nn.Parameter]]:
     """The configured model on its device, the method attached, and its trainable parameters."""
     parallel = parallel or Parallel(distributed=False)
-    tiny: dict[str, Any] = {}
+    tiny: dict[str, Any] = {"shipped": cfg.shipped_base} if cfg.model == "tiny" else {}
     if cfg.model == "tiny" and cfg.pretrain_samples is not None:
         from strcvit_bench.models.tiny import PretrainRecipe
 
