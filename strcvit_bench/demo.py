@@ -129,10 +129,13 @@ def demo_base(write: bool, progress: ProgressFactory) -> dict[str, Any]:
             report["equal"] = same_names and all(a[k].equal(b[k]) for k in a)
             report["max_abs_diff"] = (max(float((a[k] - b[k]).abs().max()) for k in a) if same_names
                                       else float("inf"))
-        if write:
+        if write:  # copied beside, then renamed into place: an interrupted --write leaves the old base whole
+            partial = tiny.SHIPPED / f".{shipped.name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(made, partial)
             for old in tiny.SHIPPED.glob("tiny-*"):
                 shutil.rmtree(old)
-            shutil.copytree(made, shipped)
+            partial.rename(shipped)
             report["written"] = True
     return report
 

@@ -87,6 +87,7 @@ class RunConfig(BaseModel):
     def identity(self) -> dict[str, Any]:
         """What must match for `--resume` to continue a run (not where it writes or how it evaluates)."""
         # not the stream's path: the same stream may be reached by another path; the runner
-        # compares its fingerprint and seal instead
+        # compares its fingerprint and seal instead; nor where the tiny base comes from (shipped or
+        # pre-trained here): the runner compares the base weights' hash instead
         return self.model_dump(exclude={"stream", "out", "max_chunks", "eval_batch_size", "device",
-                                        "gradient_checkpointing", "compile"})
+                                        "gradient_checkpointing", "compile", "shipped_base"})

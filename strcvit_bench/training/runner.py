@@ -108,8 +108,9 @@ class Run:
         now = info.get("weights_sha256")
         if before and now and before != now:
             raise StrcvitError(f"--resume: {self.out} was trained on other base weights (sha256 {before[:12]}… "
-                               f"there, {now[:12]}… now, from {info.get('base', 'the cache')}); resume where that "
-                               f"base is, or start the run again in another --out")
+                               f"there, {now[:12]}… now, from {info.get('base', 'the cache')}); resume from that base "
+                               f"(--shipped-base or --no-shipped-base, on the machine whose cache holds it), "
+                               f"or start the run again in another --out")
 
     def _say(self, label: str, done: int, total: int) -> None:
         if self.progress:
