@@ -89,6 +89,9 @@ def test_a_run_is_not_resumed_onto_other_base_weights(tmp_path, tiny_stream, mon
     args = ["--quiet", "run", "--stream", str(tiny_stream), "--method", "lora", "--out", str(tmp_path / "r"),
             "--pretrain-samples", "64", "--max-chunks", "1"]
     assert runner.invoke(app, args).exit_code == 0
+    # where the base is looked up is not a resume setting: the same weights resume (what guards it is their hash)
+    same = runner.invoke(app, [*args, "--no-shipped-base", "--resume"])
+    assert same.exit_code == 0, same.output
     [base] = (tmp_path / "cache" / "models").glob("tiny-*")
     _nudge(base)  # the cache pre-trained again elsewhere, or a shipped base that replaced it
     resumed = runner.invoke(app, [*args[:-2], "--resume"])
