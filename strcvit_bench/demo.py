@@ -129,13 +129,18 @@ def demo_base(write: bool, progress: ProgressFactory) -> dict[str, Any]:
             report["equal"] = same_names and all(a[k].equal(b[k]) for k in a)
             report["max_abs_diff"] = (max(float((a[k] - b[k]).abs().max()) for k in a) if same_names
                                       else float("inf"))
-        if write:  # copied beside, then renamed into place: an interrupted --write leaves the old base whole
+        if write:  # copied beside, the old moved aside, then renamed into place: only renames while no base is there
             partial = tiny.SHIPPED / f".{shipped.name}.partial"
             shutil.rmtree(partial, ignore_errors=True)
             shutil.copytree(made, partial)
+            aside = []
             for old in tiny.SHIPPED.glob("tiny-*"):
-                shutil.rmtree(old)
+                stale = old.with_name(f".{old.name}.old")  # left by an interrupted --write
+                shutil.rmtree(stale, ignore_errors=True)
+                aside.append(old.rename(stale))
             partial.rename(shipped)
+            for old in aside:
+                shutil.rmtree(old)
             report["written"] = True
     return report
 
