@@ -212,9 +212,10 @@ def _worker_init(threads: int, parent: int) -> None:
 
     torch.set_num_threads(threads)
     exit_with_parent(parent)
-    from strcvit_bench.env import quiet_transformers
+    from strcvit_bench.env import keep_freed_memory, quiet_transformers
 
     quiet_transformers()  # a spawned process starts with transformers' own progress bars on
+    keep_freed_memory()
 
 
 def _run_one(config: dict[str, Any]) -> dict[str, Any]:

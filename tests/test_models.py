@@ -15,7 +15,7 @@ from strcvit_bench.adapters import LoRALinear
 from strcvit_bench.baselines.lora import LoRA
 from strcvit_bench.cli import app
 from strcvit_bench.methods.base import MethodContext, MethodOptions
-from strcvit_bench.models.base import model_inputs
+from strcvit_bench.models.base import loss_inputs, model_inputs
 from strcvit_bench.models.hf import load_hf
 from strcvit_bench.models.tiny import (
     EOS,
@@ -87,6 +87,49 @@ def test_hf_family_loads_trains_and_generates(tmp_path, family):
     prompts = bundle.encoder.prompt_batch(ROWS)
     out = bundle.model.generate(**model_inputs(prompts), max_new_tokens=2, do_sample=False)
     assert len(bundle.encoder.decode(out[:, prompts["input_ids"].shape[1]:])) == 2
+
+
+LONGER = [*ROWS, {"image": Image.new("RGB", (48, 48), (0, 90, 200)), "instruction": "Describe this image.",
+                  "answer": "a blue dog yes"}]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_training_loss_takes_logits_only_where_it_reads_them(tmp_path, family):
+    """The output layer runs on the answer's positions only; the gradients are the same bits."""
+    bundle = load_hf(str(FAMILIES[family](tmp_path / family)))
+    ctx = MethodContext(bundle=bundle, seed=0, num_chunks=1, chunk_size=2, task_ids_visible=False,
+                        lookup_rows=lambda ids: [])
+    params = LoRA(MethodOptions(), ctx).setup()
+    with torch.no_grad():  # B = 0 at init would leave A's gradient zero either way
+        for n, p in params.items():
+            if "lora_B" in n:
+                p.normal_(std=0.05, generator=torch.Generator().manual_seed(1))
+    model, batch = bundle.model, bundle.encoder.train_batch(LONGER)
+
+    def run(inputs):
+        model.zero_grad(set_to_none=True)
+        out = model(**inputs)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
+
+    full, full_grads = run(model_inputs(batch))
+    kept, kept_grads = run(loss_inputs(model, batch))
+    assert kept.logits.shape[1] < full.logits.shape[1] == batch["input_ids"].shape[1]
+    assert kept.loss.item() == pytest.approx(full.loss.item(), rel=1e-6)
+    assert full_grads.keys() == kept_grads.keys() and any("lora_A" in n for n in full_grads)
+    assert all(torch.equal(full_grads[n], kept_grads[n]) for n in full_grads)
+
+
+def test_a_model_without_logits_to_keep_gets_the_whole_batch():
+    class Plain(torch.nn.Module):
+        def forward(self, input_ids, labels=None):
+            return input_ids
+
+    batch = {"input_ids": torch.ones(2, 5, dtype=torch.long), "labels": torch.full((2, 5), -100),
+             "instruction_ids": torch.ones(2, 1, dtype=torch.long)}
+    batch["labels"][:, 3:] = 7
+    inputs = loss_inputs(Plain(), batch)
+    assert set(inputs) == {"input_ids", "labels"} and inputs["labels"].shape == (2, 5)
 
 
 def test_run_cli_on_a_hf_model_path(tmp_path, tiny_stream):

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from strcvit_bench.env import keep_freed_memory
 from strcvit_bench.errors import StrcvitError
 
 app = typer.Typer(
@@ -74,3 +75,4 @@ def progress_bar(description: str) -> Iterator[Callable[[str, int, int], None] |
 @app.callback()
 def _main(quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only results and errors.")) -> None:
     _state["quiet"] = quiet
+    keep_freed_memory()  # every command that trains, scores or builds re-uses its freed tensors' memory

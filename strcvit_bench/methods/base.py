@@ -25,7 +25,7 @@ from torch import nn
 
 from strcvit_bench.adapters import LoRALinear, adapter_layers, inject
 from strcvit_bench.adapters.context import BatchContext, RoutedLayer
-from strcvit_bench.models.base import ModelBundle, Rows, answer_tokens, model_inputs
+from strcvit_bench.models.base import ModelBundle, Rows, answer_tokens, loss_inputs
 from strcvit_bench.parallel import Parallel
 
 EVALUATION_FIELDS = ("id", "image", "instruction")
@@ -162,7 +162,7 @@ class Method:
         device = next(bundle.model.parameters()).device
         batch = {k: v.to(device) for k, v in bundle.encoder.train_batch(rows).items()}
         self.before_forward(batch, rows)
-        loss = bundle.model(**model_inputs(batch)).loss
+        loss = bundle.model(**loss_inputs(bundle.model, batch)).loss
         return loss * answer_tokens(batch) if sum_over_tokens else loss
 
     def after_step(self) -> None:

@@ -8,6 +8,8 @@ default runs unchanged on Llava, Qwen2-VL or Idefics3.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import io
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -83,3 +85,41 @@ def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch without the routing side-inputs, ready for `model(**...)`."""
     return {k: v for k, v in batch.items() if k not in MODEL_INPUT_KEYS_EXCLUDED}
+
+
+@functools.cache
+def _keeps_logits(forward_owner: type) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(forward_owner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def loss_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`model_inputs` for a forward that only needs the answer loss: the output layer runs on
+    the positions the loss reads, not on every image and instruction token. `model` is the
+    unwrapped module (not its DDP wrapper): its forward's signature decides.
+
+    Why: the logits of a prompt position are computed, soft-maxed, and back-propagated as zeros.
+    On the tiny model that is about a tenth of a training step; with a real vocabulary (Qwen2-VL:
+    151,936 tokens) the output layer is the largest matmul of the step. The kept positions are
+    one contiguous range shared by the batch (transformers' `logits_to_keep`, for the families
+    whose forward takes it), from the position before the first answer token of any row to the
+    last, and the labels are cut to the same range, so every kept logit has the target it had.
+    The gradients are the same bits (the dropped rows contributed exact zeros; only a trained
+    output layer's own gradient, a sum over the rows, could round differently); the loss's value
+    can differ in its last bit, its sum running over fewer ignored terms.
+    """
+    inputs = model_inputs(batch)
+    labels = inputs.get("labels")
+    if labels is None or labels.ndim != 2 or not _keeps_logits(type(model)):
+        return inputs
+    answered = (labels[:, 1:] != -100).any(0).nonzero().flatten()
+    if answered.numel() == 0:
+        return inputs
+    start, end = int(answered[0]), int(answered[-1]) + 2  # position p predicts labels[p + 1]
+    if end - start >= labels.shape[1]:
+        return inputs
+    inputs["labels"] = labels[:, start:end]
+    inputs["logits_to_keep"] = torch.arange(start, end, device=labels.device)
+    return inputs

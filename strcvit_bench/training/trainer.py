@@ -23,7 +23,7 @@ import torch
 
 from strcvit_bench.errors import StrcvitError
 from strcvit_bench.methods.base import Method, Rows
-from strcvit_bench.models.base import ModelBundle, answer_tokens, autocast, model_inputs
+from strcvit_bench.models.base import ModelBundle, answer_tokens, autocast, loss_inputs
 from strcvit_bench.parallel import Parallel
 from strcvit_bench.seeding import derive_rng, derive_seed
 from strcvit_bench.training.config import RunConfig
@@ -101,7 +101,7 @@ def train_chunk(bundle: ModelBundle, method: Method, params: dict[str, torch.nn.
                     with parallel.no_sync(net) if not sync else contextlib.nullcontext():
                         with autocast(config.precision, device):
                             method.before_forward(batch, m)
-                            task_loss = net(**model_inputs(batch)).loss
+                            task_loss = net(**loss_inputs(model, batch)).loss
                             # the answer loss counts by this piece's share of the step's tokens (DDP
                             # divides by the world size); the method's own terms (KL, penalties) are
                             # averaged over the K pieces: method.loss(x · K) / K = x + terms / K
