@@ -13,7 +13,13 @@
    computed its own at the prompt and again at every decoding step. Both ways, alternating,
    identical predictions required.
 
-    python benchmarks/eval_throughput.py [--stream DIR] [--limit 50] [--evals 4] [--parts 1,2,3] [--json out.json]
+4. The allocator setting of every command (`env.keep_freed_memory`): glibc maps large blocks
+   fresh and trims its heap, so generation page-faults its activations in anew each batch. Two
+   fresh processes, one with the setting and one without, alternating `--pairs` times, each
+   scoring every test row `--evals` times under LoRA (reuse on, as in a run); the evaluations
+   after the first, median; their answers compared.
+
+    python benchmarks/eval_throughput.py [--stream DIR] [--limit 50] [--evals 4] [--parts 1,2,3,4] [--json out.json]
 """
 
 from __future__ import annotations
@@ -44,10 +50,14 @@ def main() -> None:
     ap.add_argument("--stream", type=Path, default=ROOT / "runs" / "demo" / "stream")
     ap.add_argument("--limit", type=int, default=50, help="test rows per task")
     ap.add_argument("--evals", type=int, default=4, help="evaluations per method and mode (part 2)")
-    ap.add_argument("--parts", default="1,2,3", help="which parts to run (comma-separated)")
+    ap.add_argument("--parts", default="1,2,3,4", help="which parts to run (comma-separated)")
+    ap.add_argument("--pairs", type=int, default=2, help="process pairs of part 4")
+    ap.add_argument("--child", choices=["kept", "default"], help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     parts = {int(p) for p in args.parts.split(",")}
+    if args.child:
+        return allocator_child(args)
     stream = open_stream(args.stream)
     bundle = load_tiny(stream_texts(stream))
     ctx = MethodContext(bundle=bundle, seed=0, num_chunks=stream.num_chunks, chunk_size=1, task_ids_visible=False,
@@ -70,8 +80,63 @@ def main() -> None:
               f"routers layer by layer {r['per_layer_samples_per_s']:.1f} samples/s, bank "
               f"{r['bank_samples_per_s']:.1f}: {r['ratio']:.2f}x; identical predictions: {r['identical']}")
         out["strlora_bank"] = r
+    if 4 in parts:
+        r = allocator_pairs(args)
+        print(f"\nscoring all {r['rows']} test rows {args.evals} times a process, {args.pairs} process pairs, "
+              f"1 thread: "
+              f"glibc's default {r['default_samples_per_s']:.1f} samples/s ({r['default_faults']} minor faults an "
+              f"evaluation), kept {r['kept_samples_per_s']:.1f} ({r['kept_faults']}): {r['ratio']:.2f}x; identical "
+              f"answers: {r['identical']}")
+        out["allocator"] = r
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
+
+
+def allocator_child(args) -> None:
+    import hashlib
+    import resource
+
+    import torch
+
+    from strcvit_bench.env import keep_freed_memory
+
+    torch.set_num_threads(1)
+    if args.child == "kept":
+        assert keep_freed_memory()
+    stream = open_stream(args.stream)
+    bundle = load_tiny(stream_texts(stream))
+    ctx = MethodContext(bundle=bundle, seed=0, num_chunks=stream.num_chunks, chunk_size=1, task_ids_visible=False,
+                        lookup_rows=lambda ids: [])
+    cls = get_method("lora")
+    method = cls(parse_options(cls, {}), ctx)
+    method.setup()
+    rows = [r for t in stream.manifest["tasks"] for r in stream.read_test(t["name"]).to_pylist()]
+    reuse, seconds, faults = EvalReuse(bundle), [], []
+    for _ in range(args.evals):
+        before, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        answers = generate_answers(bundle, rows, 64, method.before_forward, "fp32", reuse)
+        seconds.append(time.perf_counter() - start)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(json.dumps({"rows": len(rows), "seconds": seconds[1:], "faults": faults[1:],
+                      "answers": hashlib.sha256("\n".join(answers).encode()).hexdigest()}))
+
+
+def allocator_pairs(args) -> dict:
+    import subprocess
+
+    got: dict[str, list[dict]] = {"default": [], "kept": []}
+    for _ in range(args.pairs):
+        for which in ("default", "kept"):
+            cmd = [sys.executable, __file__, "--stream", str(args.stream), "--evals", str(args.evals), "--child", which]
+            got[which].append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                                         .strip().splitlines()[-1]))
+    rows = got["default"][0]["rows"]
+    med = {w: statistics.median(s for r in rs for s in r["seconds"]) for w, rs in got.items()}
+    faults = {w: int(statistics.median(f for r in rs for f in r["faults"])) for w, rs in got.items()}
+    return {"rows": rows, "pairs": args.pairs, "evals": args.evals,
+            "default_samples_per_s": rows / med["default"], "kept_samples_per_s": rows / med["kept"],
+            "ratio": med["default"] / med["kept"], "default_faults": faults["default"], "kept_faults": faults["kept"],
+            "identical": len({r["answers"] for rs in got.values() for r in rs}) == 1}
 
 
 def batched_vs_one_by_one(stream, bundle, ctx, limit: int) -> dict:

@@ -28,6 +28,10 @@ time is the tiny model's own arithmetic, spent where the slowest method of the m
   `--arch qwen2vl-2b-width` measures it where it matters. Its Fisher made every sample's
   gradient of the merger at once (16 × 34 M floats a pass) before squaring them: they are now
   squared and summed one sample at a time, the same sum bit for bit.
+- Every method (7 December 2026): the training loss took the output layer's logits at every
+  position, the image and instruction tokens included, and back-propagated zeros through them.
+  It now asks the model for the logits of the answer's positions only (`models.base.loss_inputs`,
+  transformers' `logits_to_keep`): the same gradients, bit for bit, so the same trained weights.
 - EWC (1.41 LoRA steps): after each chunk, its Fisher took one forward and backward per sample
   (128 of them, a fifth of the chunk's time). It now takes 16 samples a pass, each sample's
   squared gradient recovered from the layer's input and output gradient
@@ -69,6 +73,8 @@ from strcvit_bench.adapters.routing import one_hot_argmax  # noqa: E402
 from strcvit_bench.baselines import ewc  # noqa: E402
 from strcvit_bench.baselines.branchlora import BranchLoRALinear  # noqa: E402
 from strcvit_bench.baselines.smolora import SMoLoRALinear  # noqa: E402
+from strcvit_bench.methods import base as method_base  # noqa: E402
+from strcvit_bench.models.base import model_inputs  # noqa: E402
 from strcvit_bench.streams.stream import open_stream  # noqa: E402
 from strcvit_bench.strlora import StrLoRA, routing  # noqa: E402
 from strcvit_bench.strlora.layer import RouterBank, StrLoRALinear  # noqa: E402
@@ -153,8 +159,14 @@ def strlora_no_bank_hook(self, module, args):
     """Before the change nothing decided the routing ahead of the layers."""
 
 
+def logits_everywhere(model, batch):
+    """The training forward's inputs before the change: logits at every position."""
+    return model_inputs(batch)
+
+
 # what else a previous implementation needs replaced: (owner, attr) -> (owner, attr, value)
-ALSO = {(StrLoRALinear, "plan"): (StrLoRA, "_decide_routing", strlora_no_bank_hook)}
+ALSO = {(StrLoRALinear, "plan"): (StrLoRA, "_decide_routing", strlora_no_bank_hook),
+        (trainer, "loss_inputs"): (method_base, "loss_inputs", logits_everywhere)}
 
 
 def unfused_adamw(params, lr, weight_decay):
@@ -205,6 +217,7 @@ CHANGES = {
     "strlora stage 2: folded map, routing+KL fused": ("strlora", StrLoRALinear, "forward",
                                                       strlora_query_first_forward),
     "strlora routers: all layers at once": ("strlora", StrLoRALinear, "plan", strlora_plan_per_layer),
+    "loss: logits at the answer's positions only": ("lora", trainer, "loss_inputs", logits_everywhere),
     "adamw fused (strlora's 168 tensors)": ("strlora", trainer, "make_optimizer", unfused_adamw),
     "smolora layer: heads and mix in rank space": ("smolora", SMoLoRALinear, "forward",
                                                    smolora_written_out_forward),
@@ -259,6 +272,8 @@ def train_once(stream, store, method: str, chunk: int, owner, attr: str, value, 
     out = {"seconds": seconds, "train_loss": record["train_loss"]}
     if method == "ewc":
         out["fisher"] = fisher
+    if attr == "loss_inputs":  # the same gradients: the same trained weights
+        out["params"] = torch.cat([p.detach().flatten() for p in params.values() if p.requires_grad])
     if attr in ("forward", "plan"):
         with torch.no_grad():
             losses = []
@@ -319,6 +334,9 @@ def measure(stream, store, chunk: int, repeats: int, label: str, method: str, ow
         a, b = runs["before"][0]["fisher"], runs["after"][0]["fisher"]
         check = float((a - b).norm() / a.norm())
         check_kind = "relative ||Δ Fisher||, same weights"
+    elif attr == "loss_inputs":
+        check = max(float((runs["before"][0]["params"] - r["params"]).abs().max()) for r in runs["after"])
+        check_kind = "max |Δ trained parameter| after the chunk"
     else:  # the same algorithm: the chunk's training loss, before against after
         first = runs["before"][0]["train_loss"]
         check = abs(first - runs["after"][0]["train_loss"]) / first
