@@ -88,7 +88,7 @@ def keep_freed_memory() -> bool:
     generation batch frees and re-allocates the same activation-sized tensors every time, so
     each one can be page-faulted in anew. Training settles (its sizes repeat, and glibc's
     threshold adapts to them); generation does not: a quarter of a million minor faults per
-    evaluation of the tiny model, about a sixth of its time (benchmarks/RESULTS.md). Keeping the memory costs no
+    evaluation of the tiny model, 8-19 % of its time (benchmarks/RESULTS.md). Keeping the memory costs no
     peak (the same tensors are live at the peak either way) and changes no result: tensors are
     64-byte aligned wherever they come from. A no-op (False) off glibc (macOS, musl, Windows).
     Process-wide, so it is called by the commands and the demo's workers, not on import.

@@ -101,7 +101,7 @@ def loss_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[
     unwrapped module (not its DDP wrapper): its forward's signature decides.
 
     Why: the logits of a prompt position are computed, soft-maxed, and back-propagated as zeros.
-    On the tiny model that is about a tenth of a training step; with a real vocabulary (Qwen2-VL:
+    On the tiny model that is 6-10 % of a training step; with a real vocabulary (Qwen2-VL:
     151,936 tokens) the output layer is the largest matmul of the step. The kept positions are
     one contiguous range shared by the batch (transformers' `logits_to_keep`, for the families
     whose forward takes it), from the position before the first answer token of any row to the
