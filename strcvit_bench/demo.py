@@ -9,7 +9,8 @@ parameters within 10 %, so a reader sees whether StrLoRA beats LoRA by routing o
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ def demo_methods() -> tuple[str, ...]:
 
     return (*(n for n in METHODS.names() if n != JOINT), MATCHED, JOINT)
 SPEC = Path(__file__).resolve().parent.parent / "stream_specs" / "demo.yaml"
+COMMITTED = SPEC.parent.parent / "leaderboard"  # the checkout's committed leaderboard: its runs' timings
 
 Say = Callable[[str], None]
 ProgressFactory = Callable[[str], AbstractContextManager[Any]]
@@ -152,12 +154,48 @@ def _summary(m: dict[str, Any]) -> str:
     return "  ".join(f"{label} {'–' if m.get(k) is None else format(m[k], '.1f')}" for label, k in keys)
 
 
+def recorded_seconds(leaderboards: Sequence[Path], fingerprint: str) -> dict[str, float]:
+    """Each method label's mean recorded time (training and evaluation) over the complete runs
+    of this stream on the tiny model in these leaderboards' run stores."""
+    times: dict[str, list[float]] = {}
+    for board in leaderboards:
+        for path in sorted((board / "runs").glob("*/*/*/results.json")):
+            try:
+                r = json.loads(path.read_text())
+                if not (r.get("complete") and r["model"] == "tiny" and r["stream"]["fingerprint"] == fingerprint):
+                    continue
+                t = r["timings"]
+                seconds = t["train_seconds"] + t["eval_seconds"] + (t.get("base_eval_seconds") or 0.0)
+                label = r.get("method_label") or r["method"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a run of another schema or a damaged file: no estimate from it
+            times.setdefault(label, []).append(seconds)
+    return {label: sum(v) / len(v) for label, v in times.items()}
+
+
+def longest_first(todo: list[tuple[str, Any]], seconds: dict[str, float]) -> list[tuple[str, Any]]:
+    """The runs in the order that finishes a pool soonest, near enough: longest first (LPT), so
+    the short runs fill in at the end instead of one long run keeping a core busy while the
+    others idle. A run with no recorded time (a plugin, another stream) goes first: it may be
+    the longest. The order changes when a run finishes, never its bits."""
+    from strcvit_bench.methods.registry import get_method, method_label, parse_options
+
+    def cost(item: tuple[str, Any]) -> float:
+        cfg = item[1]
+        label = method_label(cfg.method, parse_options(get_method(cfg.method), cfg.method_options).model_dump())
+        return seconds.get(label, math.inf)
+
+    return sorted(todo, key=cost, reverse=True)
+
+
 def run_jobs(jobs: list[Job], seeds: int, stream_dir: Path, out: Path, eval_limit: int | None,
              base: dict[str, Any], say: Say, progress: ProgressFactory,
-             workers: int | None = None) -> Iterator[Path]:
+             workers: int | None = None, history: Sequence[Path] = ()) -> Iterator[Path]:
     """Every (job, seed) run; a finished run is kept, an interrupted one resumed. `workers` runs
     at once (default: one per CPU core, at most one per run), each in one thread (RUN_THREADS)
-    and, with more than one, each in a process of its own: the runs are the same either way."""
+    and, with more than one, each in a process of its own: the runs are the same either way.
+    `history`: leaderboards whose runs of this stream say how long each method takes, to start
+    the longest first."""
     from strcvit_bench.training.config import RunConfig
 
     work, todo = [(j, s) for j in jobs for s in range(seeds)], []
@@ -183,7 +221,8 @@ def run_jobs(jobs: list[Job], seeds: int, stream_dir: Path, out: Path, eval_limi
                 results = run(config, resume=(Path(config.out) / "run_config.json").is_file(), progress=update)
             say(f"    {_summary(results['metrics'])}")
     elif todo:
-        _run_parallel(todo, workers, say)
+        fingerprint = json.loads((stream_dir / "manifest.json").read_text())["fingerprint"]
+        _run_parallel(longest_first(todo, recorded_seconds(history, fingerprint)), workers, say)
     yield from (out / "runs" / f"{job.label}-s{seed}" for job, seed in work)
 
 

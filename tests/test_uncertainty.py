@@ -78,6 +78,43 @@ def test_bootstrap_run_is_seeded_and_brackets_the_estimate():
     assert (hi - lo) < (cell_hi - cell_lo)
 
 
+def _samples_one_by_one(item_scores, base_items, first_seen, indices):
+    """The bootstrap's metric samples as defined: `all_metrics` on each resampled matrix alone."""
+    mats = resampled_matrices(item_scores, indices)
+    bases = resampled_matrices([base_items], indices)[:, 0, :] if base_items is not None else None
+    out: dict[str, list[float]] = {}
+    for b in range(mats.shape[0]):
+        R = [[None if math.isnan(v) else float(v) for v in row] for row in mats[b]]
+        base = [None] * len(first_seen) if bases is None else [float(v) for v in bases[b]]
+        for name, value in all_metrics(R, first_seen, base).items():
+            out.setdefault(name, []).append(math.nan if value is None else value)
+    return out
+
+
+@pytest.mark.parametrize("case", ["plain", "late, empty and unseen tasks", "a NaN item score"])
+def test_bootstrap_samples_all_resamples_at_once_are_the_bits_of_one_at_a_time(case):
+    from strcvit_bench.evaluation.uncertainty import _metric_samples
+
+    rng = np.random.default_rng(3)
+    T, sizes, first = 5, [40, 25, 30, 12], [0, 1, 3, 0]
+    if case != "plain":
+        sizes, first = [40, 0, 30, 12], [0, 1, 3, None]  # an empty test set; a task never seen
+    items = [[list(rng.random(n).round(3)) for n in sizes] for _ in range(T)]  # ANLS-like partial scores
+    base = [list(rng.random(n).round(3)) for n in sizes]
+    if case == "a NaN item score":  # only the resamples that draw it get NaN cells
+        items[2][0][7] = float("nan")
+    idx = resample_indices(sizes, 300, 11)
+    for base_items in (base, None):
+        got = _metric_samples(items, base_items, first, idx)
+        want = _samples_one_by_one(items, base_items, first, idx)
+        assert sorted(got) == sorted(want)
+        for name in want:
+            assert got[name].tobytes() == np.asarray(want[name]).tobytes(), name
+    if case == "a NaN item score":
+        cells = resampled_matrices(items, idx)[:, 2, 0]
+        assert 0 < np.isnan(cells).sum() < len(cells)  # the case mixes missing-cell patterns
+
+
 def test_bootstrap_of_constant_scores_has_no_width():
     items = [[[1.0] * 10], [[0.0] * 10]]
     ci = bootstrap_run(items, [0], seed=0)

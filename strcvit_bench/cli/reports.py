@@ -45,9 +45,9 @@ def demo_cmd(
     say(f"demo stream: {stream_dir}")
     base = {"pretrain_samples": pretrain_samples, "shipped_base": shipped_base}
     work = demo.jobs_for([m.strip() for m in methods.split(",") if m.strip()], stream_dir, base)
-    run_dirs = list(demo.run_jobs(work, seeds, stream_dir, out, eval_limit, base, say, progress_bar,
-                                  workers=jobs))
     target = leaderboard or out / "leaderboard"
+    run_dirs = list(demo.run_jobs(work, seeds, stream_dir, out, eval_limit, base, say, progress_bar,
+                                  workers=jobs, history=[target, demo.COMMITTED]))
     command = "strcvit demo" + (f" --seeds {seeds}" if seeds != 1 else "") + (
         f" --leaderboard {leaderboard}" if leaderboard else "")
     lb.update(run_dirs, target, command, reference)

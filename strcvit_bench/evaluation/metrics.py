@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 Matrix = Sequence[Sequence[float | None]]
 
 
@@ -20,6 +22,21 @@ def _ok(x: float | None) -> bool:
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def _max(values: list[float]) -> float:
+    """Python's `max`, also where the entries are numpy arrays: the bootstrap evaluates these
+    formulas on all its resamples at once, every entry of R an array over the resamples
+    (evaluation/uncertainty.py). Elementwise it keeps what `max` keeps (the first, unless a later
+    one is greater), and `_mean` adds in `sum`'s order, so each resample gets the same bits as
+    the formula applied to it alone."""
+    best = values[0]
+    for v in values[1:]:
+        if isinstance(v, (int, float)) and isinstance(best, (int, float)):
+            best = v if v > best else best
+        else:
+            best = np.where(v > best, v, best)
+    return best
 
 
 def first_seen_from_counts(task_names: Sequence[str], chunk_counts: Sequence[dict[str, int]]) -> list[int | None]:
@@ -61,7 +78,7 @@ def forgetting(R: Matrix, first_seen: Sequence[int | None]) -> float | None:
             continue
         past = [R[t][j] for t in range(s, T) if _ok(R[t][j])]
         if past:
-            vals.append(max(past) - R[T][j])
+            vals.append(_max(past) - R[T][j])
     return _mean(vals)
 
 
@@ -90,7 +107,7 @@ def mean_average_forgetting(R: Matrix, first_seen: Sequence[int | None]) -> floa
         for t in range(s + 1, len(R)):
             past = [R[u][j] for u in range(s, t) if _ok(R[u][j])]
             if past and _ok(R[t][j]):
-                vals.append(max(0.0, max(past) - R[t][j]))
+                vals.append(_max([0.0, _max(past) - R[t][j]]))
     return _mean(vals)
 
 
@@ -101,7 +118,7 @@ def forgetting_matrix(R: Matrix, first_seen: Sequence[int | None]) -> list[list[
         frow: list[float | None] = []
         for j, s in enumerate(first_seen):
             past = [R[u][j] for u in range(s, t) if _ok(R[u][j])] if s is not None and t > s else []
-            frow.append(max(past) - row[j] if past and _ok(row[j]) else None)
+            frow.append(_max(past) - row[j] if past and _ok(row[j]) else None)
         out.append(frow)
     return out
 
