@@ -32,10 +32,10 @@ def _max(values: list[float]) -> float:
     the formula applied to it alone."""
     best = values[0]
     for v in values[1:]:
-        if isinstance(v, (int, float)) and isinstance(best, (int, float)):
-            best = v if v > best else best
-        else:
+        if isinstance(v, np.ndarray) or isinstance(best, np.ndarray):
             best = np.where(v > best, v, best)
+        elif v > best:
+            best = v
     return best
 
 
