@@ -35,7 +35,10 @@ time is the tiny model's own arithmetic, spent where the slowest method of the m
 - EWC (1.41 LoRA steps): after each chunk, its Fisher took one forward and backward per sample
   (128 of them, a fifth of the chunk's time). It now takes 16 samples a pass, each sample's
   squared gradient recovered from the layer's input and output gradient
-  (`adapters/per_sample.py`).
+  (`adapters/per_sample.py`). That pass called `backward()`, which also made every trained
+  parameter's batch gradient (at the 2B width the merger's weight gradient, as costly as its
+  forward) for nothing; it now asks autograd for the hooked layers' output gradients alone,
+  the same Fisher bit for bit (7 December 2026; "Fisher alone" times the estimate by itself).
 
 For each change this script trains the same demo chunk from the same base with the previous
 implementation (kept here as a reference) and the current one, alternating A/B so both see the
@@ -66,7 +69,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.train_throughput import save_wide_qwen2_vl  # noqa: E402
+from benchmarks.train_throughput import recorded_env, save_wide_qwen2_vl  # noqa: E402
 from strcvit_bench.adapters import per_sample  # noqa: E402
 from strcvit_bench.adapters.lora import LoRALinear  # noqa: E402
 from strcvit_bench.adapters.routing import one_hot_argmax  # noqa: E402
@@ -209,6 +212,41 @@ def ewc_fisher_one_sample_per_pass(self, index, rows):
     return _estimate_fisher(self, index, rows, batched=False)
 
 
+def per_sample_squares_full_backward(self, loss_fn, samples):
+    """EWC's Fisher pass before the change: `backward()`, the layers' output gradients caught by
+    tensor hooks, and every trained parameter's batch gradient made as well (then discarded)."""
+    seen, grads, grid = {}, {}, []
+
+    def inputs_hook(module, args, kwargs):
+        if kwargs.get("image_grid_thw") is not None:
+            grid.append(kwargs["image_grid_thw"])
+
+    def hook(module, inputs, output):
+        seen.setdefault(module, []).append(inputs[0].detach())
+        if output.requires_grad:
+            output.register_hook(lambda g: grads.setdefault(module, []).append(g.detach()))
+
+    handles = [self.model.register_forward_pre_hook(inputs_hook, with_kwargs=True)]
+    handles += [module.register_forward_hook(hook) for module, _ in self.layers]
+    try:
+        loss_fn().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    counts = grid[0].prod(-1).tolist() if len(grid) == 1 and len(grid[0]) == samples else None
+    for module, mine in self.layers:
+        xs, gs = seen.get(module, []), grads.get(module, [])
+        if len(xs) != 1 or len(gs) != 1:
+            return None
+        x, g = per_sample.by_sample(xs[0], samples, counts), per_sample.by_sample(gs[0], samples, counts)
+        if x is None or g is None:
+            return None
+        for key, value in per_sample._square_sums(module, x, g, set(mine)).items():
+            out[mine[key]] = value
+    return out
+
+
 # label: (method trained, object patched, attribute, the previous implementation)
 CHANGES = {
     "branchlora layer: one matmul for all branches": ("branchlora", BranchLoRALinear, "forward",
@@ -225,6 +263,8 @@ CHANGES = {
     "ewc penalty: its gradient in the forward pass": ("ewc", ewc, "ewc_penalty", ewc_penalty_written_out),
     "ewc fisher: linear squares sample by sample": ("ewc", per_sample, "_square_sums",
                                                     projector_squares_all_samples_at_once),
+    "ewc fisher: output gradients only": ("ewc", per_sample.PerSampleSquares, "run",
+                                          per_sample_squares_full_backward),
 }
 
 
@@ -266,12 +306,14 @@ def train_once(stream, store, method: str, chunk: int, owner, attr: str, value, 
             fisher = torch.cat([f.flatten() for f in m.fisher.values()])  # at the same weights either way
         start = time.perf_counter()
         record = train_chunk(bundle, m, params, chunk, this, cfg)
+        trained = time.perf_counter()
         if method == "ewc":
             m.after_chunk(chunk, this)
         seconds = time.perf_counter() - start
     out = {"seconds": seconds, "train_loss": record["train_loss"]}
     if method == "ewc":
         out["fisher"] = fisher
+        out["fisher_seconds"] = seconds - (trained - start)
     if attr == "loss_inputs":  # the same gradients: the same trained weights
         out["params"] = torch.cat([p.detach().flatten() for p in params.values() if p.requires_grad])
     if attr in ("forward", "plan"):
@@ -311,12 +353,15 @@ def main() -> None:
     where = f"{args.arch}" + (f", {args.layers} layers" if wide else "")
     print(f"one demo chunk ({n} rows, chunk {args.chunk}), {where}, median of {args.repeats} alternating runs, "
           f"{torch.get_num_threads()} threads")
-    print(f"{'change':<48}{'before s':>10}{'after s':>9}{'before/after':>14}{'check':>10}  check")
+    print(f"{'change':<48}{'before s':>10}{'after s':>9}{'before/after':>14}{'Fisher alone':>14}"
+          f"{'check':>10}  check")
     for r in out:
-        print(f"{r['change']:<48}{r['before_s']:>10.2f}{r['after_s']:>9.2f}{r['ratio']:>14.2f}"
+        alone = f"{r['fisher_ratio']:.2f}" if "fisher_ratio" in r else ""
+        print(f"{r['change']:<48}{r['before_s']:>10.2f}{r['after_s']:>9.2f}{r['ratio']:>14.2f}{alone:>14}"
               f"{r['check']:>10.1e}  {r['check_kind']}")
     if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+        env = recorded_env()
+        args.json.write_text(json.dumps([{**r, **env} for r in out], indent=2))
 
 
 def measure(stream, store, chunk: int, repeats: int, label: str, method: str, owner, attr: str, before,
@@ -330,7 +375,7 @@ def measure(stream, store, chunk: int, repeats: int, label: str, method: str, ow
     if attr in ("forward", "plan"):  # the same function: one batch, trained weights, either forward
         check = max(r["forward_loss_diff"] for rs in runs.values() for r in rs)
         check_kind = "|Δ loss|, same weights, either forward"
-    elif attr == "estimate_fisher":  # the same estimate: the Fisher at the base's weights, before the chunk
+    elif attr in ("estimate_fisher", "run"):  # the same estimate: the Fisher at the base's weights, before the chunk
         a, b = runs["before"][0]["fisher"], runs["after"][0]["fisher"]
         check = float((a - b).norm() / a.norm())
         check_kind = "relative ||Δ Fisher||, same weights"
@@ -341,8 +386,12 @@ def measure(stream, store, chunk: int, repeats: int, label: str, method: str, ow
         first = runs["before"][0]["train_loss"]
         check = abs(first - runs["after"][0]["train_loss"]) / first
         check_kind = "relative |Δ chunk training loss|"
+    fisher = {}
+    if method == "ewc":  # the Fisher alone: a share of the chunk's time, its effect drowned in the rest
+        fisher = {f"fisher_{w}_s": statistics.median(r["fisher_seconds"] for r in rs) for w, rs in runs.items()}
+        fisher["fisher_ratio"] = fisher["fisher_before_s"] / fisher["fisher_after_s"]
     return {"change": label, "method": method, "before_s": median["before"], "after_s": median["after"],
-            "ratio": median["before"] / median["after"], "check": check, "check_kind": check_kind,
+            "ratio": median["before"] / median["after"], **fisher, "check": check, "check_kind": check_kind,
             "runs": repeats, "rows": rows, "model": "tiny" if model is None else "qwen2vl-2b-width"}
 
 

@@ -46,6 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from strcvit_bench.env import git_commit, hardware, library_versions  # noqa: E402
 from strcvit_bench.methods import MethodContext  # noqa: E402
 from strcvit_bench.methods.registry import get_method, methods, parse_options  # noqa: E402
 from strcvit_bench.models.base import model_inputs  # noqa: E402
@@ -57,6 +58,12 @@ from strcvit_bench.training.setup import stream_texts  # noqa: E402
 from strcvit_bench.training.trainer import train_chunk  # noqa: E402
 
 ARCHES = ("tiny", "qwen2vl-2b-width")
+
+
+def recorded_env() -> dict:
+    """What a result file records beside its figures: the machine, the libraries, the commit."""
+    return {"hardware": hardware(), "versions": library_versions(("torch", "transformers")),
+            "commit": git_commit(ROOT)}
 
 
 def save_wide_qwen2_vl(stream, path: Path, layers: int) -> Path:
@@ -214,14 +221,14 @@ def main() -> None:
     if wide:
         if args.json:
             args.json.write_text(json.dumps({"arch": args.arch, "layers": args.layers, "rows": n,
-                                             "methods": rows}, indent=2))
+                                             "methods": rows, **recorded_env()}, indent=2))
         return
     cmp = ours_vs_peft(stream, args.batch_size)
     print(f"\nLoRA layer, same model/batch/rank (median step): ours {cmp['ours_step_ms']:.1f} ms, "
           f"peft {cmp['peft_step_ms']:.1f} ms, ratio {cmp['ratio']:.3f} "
           f"(trainable {cmp['trainable_ours']:,} vs {cmp['trainable_peft']:,})")
     if args.json:
-        args.json.write_text(json.dumps({"methods": rows, "lora_vs_peft": cmp}, indent=2))
+        args.json.write_text(json.dumps({"methods": rows, "lora_vs_peft": cmp, **recorded_env()}, indent=2))
 
 
 if __name__ == "__main__":

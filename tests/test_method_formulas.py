@@ -185,6 +185,8 @@ def test_per_sample_squares_equal_one_backward_per_sample():
     tracker = PerSampleSquares(model, params)
     assert tracker.covered
     got = tracker.run(lambda: loss(x, mask), 3)
+    # the pass makes the layers' output gradients only, not the parameters' batch gradients
+    assert all(p.grad is None for p in model.parameters())
     expected = {n: torch.zeros_like(p) for n, p in params.items()}
     for i in range(3):
         model.zero_grad(set_to_none=True)
@@ -198,6 +200,8 @@ def test_per_sample_squares_equal_one_backward_per_sample():
     assert not PerSampleSquares(model, {**params, "prelu": model[3].weight}).covered
     # inputs not laid out as (samples, tokens, features): no answer, the caller goes one by one
     assert tracker.run(lambda: model(x[0]).pow(2).sum(), 7) is None
+    # a loss the layers' outputs do not reach: no answer either
+    assert tracker.run(lambda: model(x).detach().sum() + params["B"].sum(), 3) is None
 
 
 def test_a_linear_weights_squares_summed_sample_by_sample_are_the_batched_ones_bit_for_bit():

@@ -30,7 +30,8 @@ from strcvit_bench.adapters.lora import LoRALinear
 
 class PerSampleSquares:
     """Hooks that record what the per-sample gradients of `params` need during one forward and
-    backward pass, then sum their squares over the samples.
+    backward pass, then sum their squares over the samples. The parameters' own `.grad` is left
+    untouched: the pass computes the layers' output gradients, not the parameters' batch ones.
 
         tracker = PerSampleSquares(model, params)
         if tracker.covered:
@@ -60,7 +61,7 @@ class PerSampleSquares:
         over samples) forwarded and backpropagated once; None when a layer's input was not laid
         out by sample (the caller then goes one sample at a time)."""
         seen: dict[nn.Module, list[torch.Tensor]] = {}
-        grads: dict[nn.Module, list[torch.Tensor]] = {}
+        outputs: dict[nn.Module, list[torch.Tensor]] = {}
         grid: list[torch.Tensor] = []
 
         def inputs_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -72,22 +73,27 @@ class PerSampleSquares:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             seen.setdefault(module, []).append(inputs[0].detach())
             if output.requires_grad:
-                output.register_hook(lambda g: grads.setdefault(module, []).append(g.detach()))
+                outputs.setdefault(module, []).append(output)
 
         for module, _ in self.layers:
             handles.append(module.register_forward_hook(hook))
         try:
-            loss_fn().backward()
+            loss = loss_fn()
         finally:
             for h in handles:
                 h.remove()
+        if any(len(seen.get(m, [])) != 1 or len(outputs.get(m, [])) != 1 for m, _ in self.layers):
+            return None  # a layer called twice, or whose output the loss cannot reach
+        # The layers' output gradients only: `backward()` would also make every trained
+        # parameter's gradient (the projector's weight gradient is as costly as its forward),
+        # which the squares below do not use. The output gradients are the same either way.
+        found = torch.autograd.grad(loss, [outputs[m][0] for m, _ in self.layers], allow_unused=True)
+        if any(g is None for g in found):
+            return None
         out: dict[str, torch.Tensor] = {}
         counts = grid[0].prod(-1).tolist() if len(grid) == 1 and len(grid[0]) == samples else None
-        for module, mine in self.layers:
-            xs, gs = seen.get(module, []), grads.get(module, [])
-            if len(xs) != 1 or len(gs) != 1:
-                return None
-            x, g = by_sample(xs[0], samples, counts), by_sample(gs[0], samples, counts)
+        for (module, mine), g_out in zip(self.layers, found, strict=True):
+            x, g = by_sample(seen[module][0], samples, counts), by_sample(g_out, samples, counts)
             if x is None or g is None:
                 return None
             for key, value in _square_sums(module, x, g, set(mine)).items():
