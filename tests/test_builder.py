@@ -225,3 +225,37 @@ def test_truncated_image_is_dropped_or_strict_fails(tmp_path, tiny_spec_data):
                 Image.open(io.BytesIO(row["image"]["bytes"])).load()
     with pytest.raises(SourceError, match="unreadable image"):
         build_stream(parse_spec(tiny_spec_data), tmp_path / "strict", strict=True)
+
+
+def test_the_demo_stream_is_the_one_the_committed_leaderboard_was_trained_on(tmp_path):
+    """Same spec + seed = same bytes, across changes to how the builder draws, encodes and writes
+    (its prefetch, its parquet tables, the drawing helpers): the demo stream built here must be
+    the files the committed runs record, byte for byte (their content seal)."""
+    from strcvit_bench.streams.spec import load_spec
+
+    root = Path(__file__).resolve().parent.parent
+    results = sorted((root / "leaderboard" / "runs").glob("demo__*/tiny/lora__s0/results.json"))
+    assert results, "no committed demo run"
+    recorded = json.loads(results[0].read_text())["stream"]["content_seal"]
+    manifest = build_stream(load_spec(root / "stream_specs" / "demo.yaml"), tmp_path / "demo", workers=2)
+    assert manifest["content"]["seal"] == recorded
+
+
+def test_rows_table_is_the_table_pyarrow_makes_from_the_rows(tmp_path):
+    """The builder makes its parquet tables from buffers (no pandas import); they must be the
+    tables `pa.Table.from_pylist` makes, and so the same parquet bytes, for every column kind:
+    non-ASCII text, empty and several answers, all paths null, and some null (pyarrow's path)."""
+    import pyarrow as pa
+
+    from strcvit_bench.streams.format import ARROW_SCHEMA, rows_table
+
+    rows = [{"id": f"s/train/{i}", "task": "t", "image": {"bytes": bytes([i]) * (i + 1), "path": None},
+             "instruction": "Qu'est-ce que c'est ? été 北京", "answer": "ä" * i, "answers": ["x"] * i, "chunk": i - 1}
+            for i in range(4)]
+    for which in (rows, [{**r, "image": {**r["image"], "path": "a.png" if i % 2 else None}}
+                         for i, r in enumerate(rows)]):
+        made, expected = rows_table(which), pa.Table.from_pylist(which, schema=ARROW_SCHEMA)
+        assert made.equals(expected, check_metadata=True)
+        pq.write_table(made, tmp_path / "a.parquet")
+        pq.write_table(expected, tmp_path / "b.parquet")
+        assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()

@@ -225,3 +225,24 @@ def test_question_types_restrict_the_questions():
     assert {src.make_row("train", i).question for i in range(30)} == {"Is there a road in the image?"}
     with pytest.raises(ValueError, match="allowed: road"):
         BuiltinSourceConfig(kind="builtin", generator="remote_sensing", question_types=["rivers"])
+
+
+def test_jitter_is_its_formula():
+    """c + (byte · (2·amount + 1) >> 8) − amount, clamped to 0..255, one byte of a 24-bit draw per
+    channel (red the low byte): hand-computed."""
+    from strcvit_bench.data.sources.builtin.render import jitter
+
+    class Bits:
+        def __init__(self, value):
+            self.value = value
+
+        def getrandbits(self, k):
+            assert k == 24
+            return self.value
+
+    # amount 18, span 37: byte 0x80 → +18 − 18, 0x00 → −18, 0xFF → +36 − 18
+    assert jitter((10, 250, 128), Bits(0xFF0080)) == (10, 232, 146)
+    assert jitter((5, 250, 0), Bits(0x00FF00)) == (0, 255, 0)  # clamped both ways
+    assert jitter((100, 100, 100), Bits(0x402010), amount=8) == (100 + (16 * 17 >> 8) - 8,
+                                                                  100 + (32 * 17 >> 8) - 8,
+                                                                  100 + (64 * 17 >> 8) - 8)

@@ -23,19 +23,18 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from strcvit_bench.data.sources import Source, SourceRow, make_source
-from strcvit_bench.data.sources.builtin.source import BuiltinSource
+from strcvit_bench.data.sources.builtin.prefetch import BlockPrefetch, blocks_ahead
+from strcvit_bench.data.sources.builtin.source import BuiltinSource, pool_draw
 from strcvit_bench.env import library_versions
 from strcvit_bench.errors import SourceError, StrcvitError
 from strcvit_bench.io import atomic_directory, atomic_write_json, atomic_write_text
 from strcvit_bench.seeding import derive_rng, derive_seed
 from strcvit_bench.streams.card import render_card
 from strcvit_bench.streams.format import (
-    ARROW_SCHEMA,
     MANIFEST,
     SCHEMA_VERSION,
     Fingerprint,
@@ -43,6 +42,7 @@ from strcvit_bench.streams.format import (
     content_seal,
     data_files,
     file_sha256,
+    rows_table,
     test_path,
 )
 from strcvit_bench.streams.schedule import chunk_counts
@@ -159,8 +159,7 @@ class _Build:
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
-    pq.write_table(table, path)
+    pq.write_table(rows_table(rows), path)
 
 
 def build_stream(
@@ -187,12 +186,14 @@ def build_stream(
                for t in spec.tasks}
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     with contextlib.ExitStack() as stack:
-        if workers > 1 and any(isinstance(s, BuiltinSource) for s in sources.values()):
+        builtin = [s for s in sources.values() if isinstance(s, BuiltinSource)]
+        if workers > 1 and builtin:
             pool = stack.enter_context(ProcessPoolExecutor(workers, initializer=exit_with_parent,
                                                            initargs=(os.getpid(),)))
-            for s in sources.values():
-                if isinstance(s, BuiltinSource):
-                    s.executor = pool
+            ahead = blocks_ahead(workers, max(s.config.image_size for s in builtin))
+            prefetch = BlockPrefetch(pool_draw(pool), ahead)
+            for s in builtin:
+                s.prefetch = prefetch
         manifest = _build(spec, out, sources, counts, overwrite, strict, progress)
     manifest["_build_seconds"] = time.perf_counter() - started
     return manifest
@@ -202,6 +203,11 @@ def _build(spec: StreamSpec, out: Path, sources: dict[str, Source], counts: list
            overwrite: bool, strict: bool, progress: ProgressFn | None) -> dict[str, Any]:
     b = _Build(spec, strict)
     fp = Fingerprint(spec.model_dump(mode="json"))
+    for task in spec.tasks:  # what will be taken, in order: sources that draw ahead draw that
+        sources[task.name].expect("test", task.test_size)
+    for wanted in counts:
+        for name, n in wanted.items():
+            sources[name].expect("train", n)
     total_steps = len(spec.tasks) + spec.num_chunks
     step = 0
     chunks_meta: list[dict[str, Any]] = []

@@ -83,6 +83,11 @@ class Source(ABC):
     def iter_rows(self, which: Which, seed: int) -> Iterator[SourceRow]:
         """Rows of the split in a seeded order; each row at most once."""
 
+    def expect(self, which: Which, rows: int) -> None:
+        """A hint, in the order the builder will take rows: `rows` more of `which`. A source
+        that draws ahead (the builtin generators in worker processes) draws what it is told."""
+        return None
+
     def counters(self) -> dict[str, int]:
         """Rows the source dropped on its own (e.g. without an image), by reason."""
         return {}

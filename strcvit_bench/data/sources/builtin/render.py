@@ -26,16 +26,18 @@ def jitter(color: tuple[int, int, int], rng: random.Random, amount: int = 18) ->
     """Shade variation so a colour name covers a range of pixel values, not one RGB triple.
 
     One 24-bit draw gives the three offsets (this runs tens of times per image, and three
-    `randint` calls per colour were a quarter of the build time).
-    """
+    `randint` calls per colour were a quarter of the build time); each byte is looked up in
+    the colour's table of shades, the clamped sum a byte gives, made once per colour."""
     bits = rng.getrandbits(24)
+    r, g, b = _shades(color, amount)
+    return r[bits & 0xFF], g[(bits >> 8) & 0xFF], b[bits >> 16]
+
+
+@functools.lru_cache(maxsize=256)
+def _shades(color: tuple[int, int, int], amount: int) -> tuple[tuple[int, ...], ...]:
+    """For each channel c and byte v: min(255, max(0, c + v·(2·amount + 1) // 256 − amount))."""
     span = 2 * amount + 1
-    r, g, b = color
-    return (
-        min(255, max(0, r + ((bits & 0xFF) * span >> 8) - amount)),
-        min(255, max(0, g + (((bits >> 8) & 0xFF) * span >> 8) - amount)),
-        min(255, max(0, b + ((bits >> 16) * span >> 8) - amount)),
-    )
+    return tuple(tuple(min(255, max(0, c + (v * span >> 8) - amount)) for v in range(256)) for c in color)
 
 
 def background(rng: random.Random) -> tuple[int, int, int]:

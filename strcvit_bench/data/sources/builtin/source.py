@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import io
 import itertools
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Executor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +13,7 @@ from pydantic import Field, field_validator
 
 from strcvit_bench.data.sources.base import Source, SourceRow, StrictModel, Which
 from strcvit_bench.data.sources.builtin import FAMILY_MODULES, GENERATORS
+from strcvit_bench.data.sources.builtin.prefetch import BLOCK, BlockPrefetch
 from strcvit_bench.seeding import derive_rng, derive_seed
 
 
@@ -68,26 +68,35 @@ class BuiltinSource(Source):
         return SourceRow(id=f"{self.seed & 0xFFFFFFFF:08x}-{index:07d}", image=image, question=question,
                          answers=[answer], answer=answer)
 
-    executor: Executor | None = None
-    block = 32
+    # Set by the builder when worker processes draw the rows (builtin/prefetch.py).
+    prefetch: BlockPrefetch | None = None
+
+    def expect(self, which: Which, rows: int) -> None:
+        if self.prefetch is not None:
+            self.prefetch.expect(self, which, rows)
 
     def iter_rows(self, which: Which, seed: int) -> Iterator[SourceRow]:
         # `seed` is unused on purpose: generated rows are already in random order, and the
         # stream seed reaches them through the source seed.
-        if self.executor is None:
+        if self.prefetch is None:
             for index in itertools.count():
                 yield self.make_row(which, index)
             return
-        # Rows are pure functions of their index, so worker processes can draw and PNG-encode
-        # blocks ahead while the builder writes; order (and so every byte) stays the same.
-        # A few blocks in flight keep the workers busy and bound the rows drawn but unused.
-        args = (self.config.model_dump(), self.seed, which)
-        pending: deque = deque()
-        starts = itertools.count(0, self.block)
-        while True:
-            while len(pending) < 3:
-                pending.append(self.executor.submit(_encoded_block, *args, next(starts), self.block))
-            yield from pending.popleft().result()
+        # Rows are pure functions of their index, so worker processes draw and PNG-encode
+        # them in blocks ahead of the builder; order (and so every byte) stays the same.
+        for start in itertools.count(0, BLOCK):
+            yield from self.prefetch.block(self, which, start)
+
+
+def pool_draw(executor: Executor) -> Callable[[BuiltinSource, str, int, int], Future]:
+    """A prefetch's `draw`: the block from a worker of `executor`."""
+    configs: dict[int, dict] = {}
+
+    def draw(source: BuiltinSource, which: str, start: int, n: int) -> Future:
+        config = configs.setdefault(id(source), source.config.model_dump())
+        return executor.submit(_encoded_block, config, source.seed, which, start, n)
+
+    return draw
 
 
 def _encoded_block(config: dict, seed: int, which: Which, start: int, n: int) -> list[SourceRow]:
