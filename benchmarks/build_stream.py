@@ -175,10 +175,10 @@ def main() -> None:
     print(f"{'stream':<22}{'rows':>7}{'floor s':>9}{'(pylist)':>9}{'RSS MiB':>9}{'worker':>8}"
           f"  build s and build / floor, by step")
     for r in results:
-        steps = "  ".join(f"{s['step']}: {s['build_s']:.2f} s, {s['ratio']:.2f}"
+        cells = "  ".join(f"{s['step']}: {s['build_s']:.2f} s, {s['ratio']:.2f}"
                           for s in r["steps"] if s["build_s"] is not None)
         print(f"{r['stream']:<22}{r['rows']:>7}{r['floor_s']:>9.2f}{r['floor_from_pylist_s']:>9.2f}"
-              f"{r['peak_rss_mib']:>9.0f}{r['worker_peak_rss_mib']:>8.0f}  {steps}")
+              f"{r['peak_rss_mib']:>9.0f}{r['worker_peak_rss_mib']:>8.0f}  {cells}")
     if args.json:
         env = {"hardware": hardware(), "versions": library_versions(("pyarrow", "pillow")), "commit": git_commit(ROOT)}
         args.json.write_text(json.dumps({"results": results, **env}, indent=2))

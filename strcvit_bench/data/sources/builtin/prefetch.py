@@ -20,7 +20,7 @@ from typing import Any
 
 BLOCK = 32  # rows a worker draws and encodes per task: amortises the call, bounds the waste
 WINDOW_BYTES = 64 << 20  # blocks ahead are bounded by their rows' raw pixels, about this much
-MAX_AHEAD = 64  # and by this many (2,048 rows: the workers' ~0.4 s while pandas loads)
+MAX_AHEAD = 64  # and by this many (2,048 small rows: the workers keep on while the builder writes)
 
 Key = tuple[Any, str, int]  # (source, split, first row)
 Draw = Callable[[Any, str, int, int], Future]
@@ -62,21 +62,15 @@ class BlockPrefetch:
         key = (source, split, start)
         future = self.in_flight.pop(key, None)
         if future is None:  # not reached by the plan yet, or not in it
-            future = self._submit(key)
-            self.in_flight.pop(key)
+            future = self.draw(source, split, start, BLOCK)
             self.taken.add(key)
         self._top_up()
         return future.result()
-
-    def _submit(self, key: Key) -> Future:
-        source, split, start = key
-        self.in_flight[key] = future = self.draw(source, split, start, BLOCK)
-        return future
 
     def _top_up(self) -> None:
         while len(self.in_flight) < self.ahead and self.planned:
             key = self.planned.popleft()
             if key in self.taken:
                 self.taken.discard(key)
-            elif key not in self.in_flight:
-                self._submit(key)
+            else:
+                self.in_flight[key] = self.draw(*key, BLOCK)
