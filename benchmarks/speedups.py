@@ -38,7 +38,8 @@ time is the tiny model's own arithmetic, spent where the slowest method of the m
   (`adapters/per_sample.py`). That pass called `backward()`, which also made every trained
   parameter's batch gradient (at the 2B width the merger's weight gradient, as costly as its
   forward) for nothing; it now asks autograd for the hooked layers' output gradients alone,
-  the same Fisher bit for bit (7 December 2026; "Fisher alone" times the estimate by itself).
+  the same Fisher bit for bit (7 December 2026; "Fisher alone" times the estimate by itself),
+  and a linear layer's per-sample products go into one buffer instead of a new tensor each.
 
 For each change this script trains the same demo chunk from the same base with the previous
 implementation (kept here as a reference) and the current one, alternating A/B so both see the
@@ -247,6 +248,24 @@ def per_sample_squares_full_backward(self, loss_fn, samples):
     return out
 
 
+def linear_squares_fresh_tensor_a_sample(module, x, g, keys):
+    """EWC's Fisher squares before the change: a linear weight's, a new product tensor a sample."""
+    if type(module) is torch.nn.Linear and "weight" in keys:
+        total = None
+        for s in range(x.shape[0]):
+            grad = g[s].t() @ x[s]
+            grad.mul_(grad)
+            total = grad if total is None else total.add_(grad)
+        out = {"weight": total}
+        if "bias" in keys:
+            out["bias"] = (g.sum(1) ** 2).sum(0)
+        return out
+    return _square_sums(module, x, g, keys)
+
+
+_square_sums = per_sample._square_sums
+
+
 # label: (method trained, object patched, attribute, the previous implementation)
 CHANGES = {
     "branchlora layer: one matmul for all branches": ("branchlora", BranchLoRALinear, "forward",
@@ -265,6 +284,8 @@ CHANGES = {
                                                     projector_squares_all_samples_at_once),
     "ewc fisher: output gradients only": ("ewc", per_sample.PerSampleSquares, "run",
                                           per_sample_squares_full_backward),
+    "ewc fisher: one buffer for a linear's squares": ("ewc", per_sample, "_square_sums",
+                                                      linear_squares_fresh_tensor_a_sample),
 }
 
 
@@ -375,7 +396,8 @@ def measure(stream, store, chunk: int, repeats: int, label: str, method: str, ow
     if attr in ("forward", "plan"):  # the same function: one batch, trained weights, either forward
         check = max(r["forward_loss_diff"] for rs in runs.values() for r in rs)
         check_kind = "|Δ loss|, same weights, either forward"
-    elif attr in ("estimate_fisher", "run"):  # the same estimate: the Fisher at the base's weights, before the chunk
+    elif attr in ("estimate_fisher", "run") or label.startswith("ewc fisher: one buffer"):
+        # the same estimate: the Fisher at the base's weights, before the chunk
         a, b = runs["before"][0]["fisher"], runs["after"][0]["fisher"]
         check = float((a - b).norm() / a.norm())
         check_kind = "relative ||Δ Fisher||, same weights"

@@ -212,10 +212,12 @@ def test_a_linear_weights_squares_summed_sample_by_sample_are_the_batched_ones_b
     torch.manual_seed(0)
     layer = nn.Linear(24, 40)
     x, g = torch.randn(6, 9, 24), torch.randn(6, 9, 40)
+    g[..., :3] = 0  # outputs no sample's loss reaches: their squares are exactly zero
     batched = {k: (v ** 2).sum(0) for k, v in per_sample._sample_grads(layer, x, g).items()}
     looped = per_sample._square_sums(layer, x, g, {"weight", "bias"})
     assert set(looped) == {"weight", "bias"}
     assert all(torch.equal(looped[k], batched[k]) for k in batched)
+    assert not looped["weight"][:3].any() and looped["weight"][3:].all()
     assert set(per_sample._square_sums(layer, x, g, {"bias"})) == {"bias"}
 
 
